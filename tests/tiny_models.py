@@ -1,0 +1,77 @@
+"""Small random transformers models from fixed seeds, saved with save_pretrained, for tests and benches.
+
+Each comes with a tiny byte-level BPE tokenizer trained here (no hub access needed).
+Weights use a wide initialiser so logits are well spread: near-ties are rare and exactness
+tests can fail for real.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+CORPUS = (
+    "The quick brown fox jumps over the lazy dog. Disaggregated serving splits prefill from decode. "
+    "A batch that takes new queries between steps keeps every row busy. Padding on the left aligns "
+    "rows so that each writes its next token at the same column. Finished queries leave at once. "
+    "Unicode: café, naïve, 東京, emoji 🙂 and numbers 0123456789. "
+) * 20
+
+FAMILIES = ("llama", "qwen2", "gpt2")
+
+
+def _tokenizer(vocab_size: int):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<pad>", "<eos>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator([CORPUS], trainer=trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>")
+
+
+def build(family: str, folder: Path, seed: int = 0, layers: int = 2, hidden: int = 64,
+          init: float = 0.5, context: int = 512) -> Path:
+    """Create (once) a random ``family`` model in ``folder`` and return the folder."""
+    import torch
+    from transformers import (
+        GPT2Config,
+        GPT2LMHeadModel,
+        LlamaConfig,
+        LlamaForCausalLM,
+        Qwen2Config,
+        Qwen2ForCausalLM,
+    )
+
+    folder = Path(folder)
+    if (folder / "config.json").exists():
+        return folder
+    tok = _tokenizer(vocab_size=400)
+    vocab = len(tok)
+    eos = tok.convert_tokens_to_ids("<eos>")
+    common = dict(vocab_size=vocab, eos_token_id=eos, bos_token_id=None, pad_token_id=0,
+                  initializer_range=init, tie_word_embeddings=False)
+    if family == "llama":
+        cfg = LlamaConfig(hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=context, **common)
+        cls = LlamaForCausalLM
+    elif family == "qwen2":
+        cfg = Qwen2Config(hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=context,
+                          use_sliding_window=False, **common)
+        cls = Qwen2ForCausalLM
+    elif family == "gpt2":
+        cfg = GPT2Config(n_embd=hidden, n_layer=layers, n_head=4, n_positions=context, **common)
+        cls = GPT2LMHeadModel
+    else:
+        raise ValueError(f"unknown family {family!r}")
+    torch.manual_seed(seed)
+    model = cls(cfg).eval()
+    model.generation_config.eos_token_id = eos
+    model.generation_config.pad_token_id = 0
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
