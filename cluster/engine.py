@@ -49,6 +49,7 @@ class RunStats:
     prefill_ms: float = 0.0
     prefills: int = 0
     kv_bytes: int = 0
+    joins_live: int = 0  # queries that joined while other rows were live
     step_log: list[tuple[int, int, int, float]] = field(default_factory=list)  # rows, width, q, ms
 
     def to_dict(self) -> dict[str, Any]:
@@ -94,12 +95,13 @@ class LocalEngine:
             timings["kv_bytes"] = info.get("kv_bytes", 0)
         return Completion(fin.request_id, fin.token_ids, fin.text, fin.finish_reason, fin.prompt_len, timings)
 
-    def _insert(self, h: KVHandoff, now: float) -> Completion | None:
+    def _insert(self, h: KVHandoff, now: float, live: bool) -> Completion | None:
         hd = h.header
         t = hd.timings
         info = {"arrival": t["arrival"], "prefill_start": t["prefill_start"], "prefill_end": t["prefill_end"],
                 "first_token": t["prefill_end"], "inserted": now, "kv_bytes": h.nbytes}
         self.stats.kv_bytes += h.nbytes
+        self.stats.joins_live += live
         fin = self.batch.insert(h, info)
         return self._complete(fin, now) if fin else None
 
@@ -181,7 +183,7 @@ class LocalEngine:
                             h = ready.get_nowait()
                         except queue.Empty:
                             break
-                        c = self._insert(h, time.time())
+                        c = self._insert(h, time.time(), state.live_rows > 0)
                         if c:
                             done[c.request_id] = c
                 else:
@@ -190,10 +192,11 @@ class LocalEngine:
                     take = [waiting.popleft() for _ in range(k)]
                     if take and policy == "orca":
                         orca_prompts = take
+                        self.stats.joins_live += len(take) if self.batch.rows else 0
                     elif take:
                         t0 = time.time()
                         for h in self._prefill(take):
-                            c = self._insert(h, time.time())
+                            c = self._insert(h, time.time(), state.live_rows > 0)
                             if c:
                                 done[c.request_id] = c
                         if state.live_rows:  # the running rows sat idle for this prefill
@@ -204,7 +207,7 @@ class LocalEngine:
                     if policy == "baton":
                         try:
                             h = ready.get(timeout=0.002)
-                            c = self._insert(h, time.time())
+                            c = self._insert(h, time.time(), False)
                             if c:
                                 done[c.request_id] = c
                         except queue.Empty:

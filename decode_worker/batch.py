@@ -72,6 +72,7 @@ class DecodeBatch:
         self.rows: list[Row] = []
         self.pad_id = 0
         self.steps = 0
+        self.last_logits: torch.Tensor | None = None
 
     # ------------------------------------------------------------------ admission
     @property
@@ -146,7 +147,7 @@ class DecodeBatch:
             raise
         cache.mask[:n, cache.end : cache.end + width] = new_mask
         attn = cache.live_mask(width)
-        padded = bool(n > 1 or width > 1) and not bool(attn.all())
+        padded = not bool(attn.all())
         dev = self.lm.device
         t0 = time.perf_counter()
         out = self.lm.model(
@@ -172,6 +173,7 @@ class DecodeBatch:
             self.rows[i].pos += 1
 
         logits = out.logits[:, -1, :].float()
+        self.last_logits = logits  # kept for inspection (tests, debugging); no copy
         indices = [len(r.tracker.token_ids) for r in self.rows]
         tokens = sample_rows(logits, [r.params for r in self.rows], [r.seed for r in self.rows], indices)
         emitted: list[tuple[str, int, str]] = []

@@ -32,6 +32,25 @@ def _tokenizer(vocab_size: int):
     return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>")
 
 
+def _soften_attention(model, family: str, hidden: int, scale: float = 0.15) -> None:
+    """Shrink query/key weights so attention is spread over many columns, not one-hot.
+
+    With a wide initialiser, scores are so large that softmax picks one column; a bug that lets a
+    row attend to padding would then change nothing measurable. Spread attention makes every
+    attended column count, so mask errors show up as wrong logits.
+    """
+    import torch
+
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if family == "gpt2" and name.endswith("attn.c_attn.weight"):
+                p[:, : 2 * hidden] *= scale  # fused [q | k | v] projection
+            elif family == "gpt2" and name.endswith("attn.c_attn.bias"):
+                p[: 2 * hidden] *= scale
+            elif any(k in name for k in ("q_proj", "k_proj")):
+                p *= scale
+
+
 def build(family: str, folder: Path, seed: int = 0, layers: int = 2, hidden: int = 64,
           init: float = 0.5, context: int = 512) -> Path:
     """Create (once) a random ``family`` model in ``folder`` and return the folder."""
@@ -69,6 +88,7 @@ def build(family: str, folder: Path, seed: int = 0, layers: int = 2, hidden: int
         raise ValueError(f"unknown family {family!r}")
     torch.manual_seed(seed)
     model = cls(cfg).eval()
+    _soften_attention(model, family, hidden)
     model.generation_config.eos_token_id = eos
     model.generation_config.pad_token_id = 0
     folder.mkdir(parents=True, exist_ok=True)
