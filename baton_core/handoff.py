@@ -33,6 +33,7 @@ class HandoffHeader:
     dtype: str  # "float32" | "float16" | "bfloat16"
     shape: tuple[int, int, int, int, int]  # [layers, 2, kv_heads, prompt_len, head_dim]
     finish_reason: str | None = None  # set when the first token already ended the request
+    first_text: str = ""  # text delta of the first token, already streamed by the prefill side
     timings: dict[str, float] = field(default_factory=dict)  # ms: queue, prefill; wall-clock stamps
     version: int = HEADER_VERSION
 

@@ -96,6 +96,7 @@ class DecodeBatch:
         params = h.sampling
         tracker = self._tracker(params, h.prompt_token_ids)
         finish = tracker.push(h.first_token)
+        tracker.take_text_delta()  # the first token's text was streamed by the prefill side
         info = dict(info or {})
         if finish is not None:
             return Finished(h.request_id, tracker.token_ids, tracker.text, finish, h.prompt_len, info)

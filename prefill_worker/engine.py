@@ -99,6 +99,7 @@ class PrefillEngine:
                     dtype=self.lm.dtype_name,
                     shape=tuple(kv.shape),
                     finish_reason=finish,
+                    first_text=tracker.take_text_delta(),
                     timings={"arrival": r.arrival, "prefill_start": t0, "prefill_end": t1,
                              "prefill_batch": len(batch)},
                 )

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import pytest
+from oracle import compare
 
 from baton_core.models import load_model
 from cluster.config import EngineConfig
 from cluster.engine import run_specs
 from cluster.requests_io import parse_spec
-from oracle import compare
 
 
 @pytest.mark.slow

@@ -6,7 +6,7 @@ import random
 
 import pytest
 from oracle import compare
-from test_exactness import make_queries
+from queries import make_queries
 
 from baton_core.params import SamplingParams
 from cluster.config import EngineConfig

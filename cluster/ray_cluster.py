@@ -1,0 +1,271 @@
+"""Launching baton on Ray: workers as actors, the router on an asyncio loop in the driver.
+
+``Cluster`` connects to ``RAY_ADDRESS`` / ``ray_address`` when given (a GPU cluster, or the head
+of ``ray start --head``), else starts a local Ray bound to 127.0.0.1 with an explicit object store
+size. It starts the prefill and decode actors with their resources, waits until every worker
+has its model loaded, and runs the router. Usable from Python (``submit`` then iterate) and from
+``baton run`` / ``baton serve``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from baton_core.errors import BatonError
+from baton_core.params import ModelLimits
+from baton_core.request import Completion, Request
+from cluster.router import Chunk, Router, RouterConfig
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    model: str = "smollm2-135m"
+    device: str = "cpu"
+    dtype: str = "auto"
+    prefill_workers: int = 1
+    decode_workers: int = 1
+    max_batch_size: int = 32
+    max_seq_len: int = 2048
+    max_prefill_tokens: int = 4096
+    prefill_ahead: int = 8
+    max_queue: int = 1024
+    prefill_num_cpus: float = 1.0
+    decode_num_cpus: float = 1.0
+    prefill_num_gpus: float = 0.0
+    decode_num_gpus: float = 0.0
+    prefill_resources: dict = field(default_factory=dict)
+    decode_resources: dict = field(default_factory=dict)
+    ray_address: str | None = None
+    object_store_bytes: int = 2 * 1024**3
+    ray_num_cpus: int | None = None  # local Ray only: logical CPUs (default: enough for the workers)
+
+    def __post_init__(self) -> None:
+        for name in ("prefill_workers", "decode_workers", "max_batch_size", "max_seq_len", "max_prefill_tokens"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}: must be >= 1, got {getattr(self, name)}")
+        if self.device.startswith("cuda") and (self.prefill_num_gpus <= 0 or self.decode_num_gpus <= 0):
+            raise ValueError("device: cuda workers need --prefill-num-gpus and --decode-num-gpus > 0")
+
+    @property
+    def threads(self) -> tuple[int, int]:
+        return max(1, int(self.prefill_num_cpus)), max(1, int(self.decode_num_cpus))
+
+
+def parse_resources(text: str | None, name: str) -> dict:
+    if not text:
+        return {}
+    try:
+        d = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{name}: not JSON ({e.msg}); expected e.g. '{{\"baton_prefill\": 1}}'") from e
+    if not isinstance(d, dict) or not all(isinstance(v, (int, float)) for v in d.values()):
+        raise ValueError(f"{name}: must be a JSON object of resource name -> amount")
+    return d
+
+
+def init_ray(cfg: ClusterConfig) -> bool:
+    """Connect to or start Ray. Returns True when this process started it (and must stop it)."""
+    import ray
+
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    if ray.is_initialized():
+        return False
+    address = cfg.ray_address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=True)
+        return False
+    need = (cfg.prefill_workers * cfg.prefill_num_cpus + cfg.decode_workers * cfg.decode_num_cpus)
+    ray.init(num_cpus=cfg.ray_num_cpus or max(os.cpu_count() or 1, int(need + 0.999)),
+             object_store_memory=cfg.object_store_bytes, _node_ip_address="127.0.0.1",
+             include_dashboard=False, log_to_driver=True)
+    return True
+
+
+class Cluster:
+    def __init__(self, cfg: ClusterConfig, router_cfg: RouterConfig | None = None):
+        self.cfg = cfg
+        self.router_cfg = router_cfg or RouterConfig(max_queue=cfg.max_queue,
+                                                     max_prefill_tokens=cfg.max_prefill_tokens,
+                                                     prefill_ahead=cfg.prefill_ahead)
+        self.prefill_actors: list[Any] = []
+        self.decode_actors: list[Any] = []
+        self.infos: list[dict] = []
+        self.router: Router | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._owns_ray = False
+        self.tokenizer = None
+        self.limits: ModelLimits | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self, log=print) -> Cluster:
+        import ray
+
+        from decode_worker.actor import DecodeWorker
+        from prefill_worker.actor import PrefillWorker
+
+        cfg = self.cfg
+        self._owns_ray = init_ray(cfg)
+        t0 = time.time()
+        pt, dt = cfg.threads
+        P = ray.remote(PrefillWorker)
+        D = ray.remote(max_concurrency=8)(DecodeWorker)
+        for i in range(cfg.prefill_workers):
+            self.prefill_actors.append(P.options(
+                name=None, num_cpus=cfg.prefill_num_cpus, num_gpus=cfg.prefill_num_gpus,
+                resources=cfg.prefill_resources or None,
+            ).remote(f"prefill-{i}", cfg.model, cfg.device, cfg.dtype, pt, cfg.max_prefill_tokens))
+        for i in range(cfg.decode_workers):
+            self.decode_actors.append(D.options(
+                num_cpus=cfg.decode_num_cpus, num_gpus=cfg.decode_num_gpus,
+                resources=cfg.decode_resources or None,
+            ).remote(f"decode-{i}", cfg.model, cfg.device, cfg.dtype, dt, cfg.max_batch_size, cfg.max_seq_len))
+        log(f"[baton] starting {cfg.prefill_workers} prefill + {cfg.decode_workers} decode workers "
+            f"for {cfg.model} on {cfg.device}; waiting for every worker to load the model")
+        try:
+            self.infos = ray.get([a.info.remote() for a in self.prefill_actors + self.decode_actors])
+        except Exception as e:
+            self.shutdown()
+            raise BatonError(f"a worker failed to start: {e}") from e
+        fps = {i["fingerprint"] for i in self.infos}
+        if len(fps) != 1:
+            self.shutdown()
+            raise BatonError(f"model: workers loaded different models ({sorted(fps)})")
+        lim = self.infos[0]["limits"]
+        self.limits = ModelLimits(min(lim["context_length"], cfg.max_seq_len), lim["vocab_size"],
+                                  tuple(lim["eos_token_ids"]))
+        self.tokenizer = _load_tokenizer(cfg.model)
+        log(f"[baton] all {len(self.infos)} workers ready in {time.time() - t0:.1f} s")
+
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="baton-router", daemon=True)
+        self._thread.start()
+        rows = [i["load"]["max_rows"] for i in self.infos if i["role"] == "decode"]
+
+        async def make() -> Router:
+            r = Router([(f"prefill-{i}", a) for i, a in enumerate(self.prefill_actors)],
+                       [(f"decode-{i}", a, rows[i]) for i, a in enumerate(self.decode_actors)], self.router_cfg)
+            await r.start()
+            return r
+
+        self.router = self.call(make())
+        return self
+
+    def call(self, coro, timeout: float | None = None):
+        """Run a coroutine on the router's loop from another thread and wait for it."""
+        assert self.loop is not None
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def shutdown(self) -> None:
+        import ray
+
+        if self.router is not None and self.loop is not None:
+            with contextlib.suppress(Exception):
+                self.call(self.router.stop(), timeout=10)
+        for a in self.decode_actors:
+            with contextlib.suppress(Exception):
+                ray.get(a.stop.remote(), timeout=10)
+        for a in self.prefill_actors + self.decode_actors:
+            with contextlib.suppress(Exception):
+                ray.kill(a)
+        self.prefill_actors, self.decode_actors = [], []
+        if self.loop is not None:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            if self._thread is not None:
+                self._thread.join(5)
+            self.loop = None
+        if self._owns_ray and ray.is_initialized():
+            ray.shutdown()
+            self._owns_ray = False
+
+    def __enter__(self) -> Cluster:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.shutdown()
+
+    # ------------------------------------------------------------------ Python API
+    def submit(self, req: Request) -> RequestStream:
+        """Submit a validated request; iterate the result for its token chunks."""
+        assert self.router is not None
+
+        async def go():
+            return self.router.submit(req)
+
+        return RequestStream(self, self.call(go()))
+
+    def server_info(self) -> dict:
+        assert self.router is not None
+
+        async def go():
+            return self.router.server_info()
+
+        return self.call(go())
+
+    def decode_stats(self) -> list[dict]:
+        import ray
+
+        return ray.get([a.load.remote() for a in self.decode_actors])
+
+    def run_trace(self, trace: list[tuple[Request, float]]) -> list[Completion]:
+        """Replay (request, arrival offset s) pairs in real time; completions in input order."""
+        assert self.router is not None
+        router = self.router
+
+        async def one(req: Request, offset: float, t0: float) -> Completion:
+            await asyncio.sleep(max(0.0, t0 + offset - time.time()))
+            req = Request(req.request_id, req.prompt_token_ids, req.params, req.seed, arrival=time.time())
+            st = router.submit(req)
+            while True:
+                item = await st.out.get()
+                if isinstance(item, Completion):
+                    return item
+
+        async def all_() -> list[Completion]:
+            t0 = time.time()
+            return list(await asyncio.gather(*(one(r, off, t0) for r, off in trace)))
+
+        return self.call(all_())
+
+
+class RequestStream:
+    """Iterates a request's Chunks; ``completion`` holds the final Completion once iteration ends."""
+
+    def __init__(self, cluster: Cluster, state):
+        self._cluster = cluster
+        self._state = state
+        self.request_id = state.req.request_id
+        self.completion: Completion | None = None
+
+    def __iter__(self) -> Iterator[Chunk]:
+        while self.completion is None:
+            item = self._cluster.call(self._state.out.get())
+            if isinstance(item, Completion):
+                self.completion = item
+            else:
+                yield item
+
+    def result(self) -> Completion:
+        for _ in self:
+            pass
+        assert self.completion is not None
+        return self.completion
+
+
+def _load_tokenizer(model: str):
+    from transformers import AutoTokenizer
+
+    from baton_core.models import resolve_model
+
+    try:
+        return AutoTokenizer.from_pretrained(resolve_model(model))
+    except Exception:
+        return None

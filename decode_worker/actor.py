@@ -1,0 +1,59 @@
+"""Ray actor shell over the decode loop. It fetches each handoff's KV (zero-copy on one node)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from dataclasses import asdict
+from typing import Any
+
+import ray
+
+from baton_core.handoff import KVHandoff
+from baton_core.threads import configure_threads
+
+
+class DecodeWorker:
+    """Wrapped with ``ray.remote(max_concurrency=...)`` by the launcher: methods run in threads
+    beside the step loop, so fetching a handoff never stalls a decode step."""
+
+    def __init__(self, worker_id: str, model: str, device: str, dtype: str, threads: int,
+                 max_batch_size: int, max_seq_len: int):
+        from baton_core.models import load_model
+        from decode_worker.batch import DecodeBatch
+        from decode_worker.loop import DecodeLoop
+
+        configure_threads(threads)
+        self.worker_id = worker_id
+        self.lm = load_model(model, device, dtype)
+        # One extra column: a row holds prompt + max_tokens - 1 tokens and the step writes one more.
+        capacity = min(max_seq_len, self.lm.limits.context_length) + 1
+        self.loop = DecodeLoop(DecodeBatch(self.lm, max_batch_size, capacity), worker_id)
+
+    def info(self) -> dict[str, Any]:
+        lm = self.lm
+        return {"worker_id": self.worker_id, "role": "decode", "pid": os.getpid(), "host": socket.gethostname(),
+                "node_id": ray.get_runtime_context().get_node_id(), "fingerprint": lm.fingerprint,
+                "dtype": lm.dtype_name, "device": str(lm.device), "layout": asdict(lm.layout),
+                "limits": asdict(lm.limits), "load": self.loop.load()}
+
+    def submit(self, header_bytes: bytes, kv_refs: list, meta: dict) -> None:
+        """Take a handoff: fetch its KV from the object store (in this method's thread), queue it."""
+        t0 = time.time()
+        kv = ray.get(kv_refs[0])  # a read-only numpy view of the object store on the same node
+        meta = dict(meta, fetched=time.time(), fetch_ms=(time.time() - t0) * 1e3)
+        self.loop.submit(KVHandoff(header_bytes, kv), meta)
+
+    def abort(self, request_id: str) -> None:
+        self.loop.abort(request_id)
+
+    def events(self, timeout: float = 0.5) -> dict:
+        """Long poll: every step's tokens for all rows since the last call."""
+        return self.loop.drain(timeout)
+
+    def load(self) -> dict:
+        return self.loop.load()
+
+    def stop(self) -> None:
+        self.loop.stop()

@@ -1,0 +1,52 @@
+"""Ray actor shell over the prefill engine. The KV of each query goes to the object store here."""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import asdict
+from typing import Any
+
+import ray
+
+from baton_core.request import Request
+from baton_core.threads import configure_threads
+
+
+class PrefillWorker:
+    """Wrapped with ``ray.remote`` by the launcher (resources are chosen there)."""
+
+    def __init__(self, worker_id: str, model: str, device: str, dtype: str, threads: int,
+                 max_prefill_tokens: int):
+        from baton_core.models import load_model
+        from prefill_worker.engine import PrefillEngine
+
+        configure_threads(threads)
+        self.worker_id = worker_id
+        self.lm = load_model(model, device, dtype)
+        self.engine = PrefillEngine(self.lm, max_prefill_tokens)
+
+    def info(self) -> dict[str, Any]:
+        lm = self.lm
+        return {"worker_id": self.worker_id, "role": "prefill", "pid": os.getpid(), "host": socket.gethostname(),
+                "node_id": ray.get_runtime_context().get_node_id(), "fingerprint": lm.fingerprint,
+                "dtype": lm.dtype_name, "device": str(lm.device), "layout": asdict(lm.layout),
+                "limits": asdict(lm.limits), "threads": _threads()}
+
+    def prefill(self, requests: list[Request]) -> list[tuple[bytes, list | None, int]]:
+        """Prefill a batch; each query's KV array is put in the object store by this worker.
+
+        Returns (header bytes, [ObjectRef] or None, KV bytes) per query: the caller (the router)
+        gets references only, never the KV bytes.
+        """
+        out = []
+        for h in self.engine.prefill(requests):
+            refs = [ray.put(h.kv)] if h.kv is not None else None
+            out.append((h.header_bytes, refs, h.nbytes))
+        return out
+
+
+def _threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
