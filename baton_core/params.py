@@ -31,8 +31,12 @@ class SamplingParams:
 
     def __post_init__(self) -> None:
         # Normalise sequences so the object stays hashable and msgpack-friendly.
-        object.__setattr__(self, "stop", tuple(self.stop))
-        object.__setattr__(self, "stop_token_ids", tuple(int(t) for t in self.stop_token_ids))
+        stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
+        object.__setattr__(self, "stop", stop)
+        ids = tuple(self.stop_token_ids)
+        if any(isinstance(t, bool) or not isinstance(t, int) for t in ids):
+            raise ValidationError("stop_token_ids", f"must be integers, got {list(ids)!r}")
+        object.__setattr__(self, "stop_token_ids", ids)
         self._validate_types()
 
     def _validate_types(self) -> None:

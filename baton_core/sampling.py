@@ -33,19 +33,23 @@ def sample_one(logits: torch.Tensor, params: SamplingParams, seed: int, index: i
     """Sample the ``index``-th output token of a request from its 1-D logits."""
     if params.greedy:
         return int(torch.argmax(logits))
-    scores = logits.float() / params.temperature
+    x = logits.float()
+    # Subtract the max first: a tiny temperature then gives -inf, never inf - inf = NaN.
+    scores = (x - x.max()) / params.temperature
     probs, order = torch.sort(torch.softmax(scores, dim=-1), descending=True)
     if params.top_k > 0:
         probs = probs[: params.top_k]
         order = order[: params.top_k]
+        probs = probs / probs.sum()  # top-p applies to the renormalised top-k distribution
     if params.top_p < 1.0:
         cum = torch.cumsum(probs, dim=-1)
         # Keep the smallest prefix whose mass reaches top_p (always at least one token).
-        keep = int(torch.searchsorted(cum, torch.tensor(params.top_p, dtype=cum.dtype))) + 1
+        keep = int(torch.searchsorted(cum, torch.tensor(params.top_p, dtype=cum.dtype, device=cum.device))) + 1
         probs, order = probs[:keep], order[:keep]
     cdf = torch.cumsum(probs, dim=-1)
     u = _uniform(seed, index) * float(cdf[-1])
-    pick = min(int(torch.searchsorted(cdf, torch.tensor(u, dtype=cdf.dtype), right=True)), len(order) - 1)
+    pick = min(int(torch.searchsorted(cdf, torch.tensor(u, dtype=cdf.dtype, device=cdf.device), right=True)),
+               len(order) - 1)
     return int(order[pick])
 
 

@@ -78,8 +78,11 @@ class OutputTracker:
             self.finish_reason = "stop"
         elif len(self.token_ids) >= p.max_tokens:
             self.finish_reason = "length"
-        if self.finish_reason in ("length", "eos") and self._detok is not None and not p.stop:
+        if self.finish_reason in ("length", "eos") and self._detok is not None:
+            # Release text held back for an incomplete character; it may complete a stop string.
             self.text += self._detok.flush()
+            if p.stop and self._hit_stop_string():
+                self.finish_reason = "stop"
         return self.finish_reason
 
     def _hit_stop_string(self) -> bool:

@@ -159,6 +159,8 @@ class BatonKVCache(Cache):
 
     def remove_row(self, r: int) -> int | None:
         """Drop row ``r``; the last row moves into its slot. Returns the index that moved, if any."""
+        if not 0 <= r < self.rows:
+            raise IndexError(f"row {r} is not live (rows: {self.rows})")
         last = self.rows - 1
         moved = None
         if r != last:

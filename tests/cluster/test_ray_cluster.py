@@ -7,6 +7,7 @@ import os
 import pytest
 from oracle import compare
 from queries import make_queries
+from ray_procs import wait_gone
 
 from baton_core.params import SamplingParams
 from baton_core.request import Request
@@ -20,8 +21,11 @@ def local_ray():
     os.environ["RAY_AUTH_MODE"] = "disabled"
     ray.init(num_cpus=4, object_store_memory=300 * 1024**2, _node_ip_address="127.0.0.1",
              include_dashboard=False, log_to_driver=False)
+    session = ray._private.worker._global_node.get_session_dir_path()
     yield
     ray.shutdown()
+    left = wait_gone(session)
+    assert not left, f"Ray processes left behind: {left}"
 
 
 def _cfg(folder, p, d, **kw) -> ClusterConfig:

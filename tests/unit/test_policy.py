@@ -1,0 +1,133 @@
+"""Pure admission policy: how many waiting queries (a FIFO prefix) join before the next step."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cluster.policy import BatchState, Candidate, admit, prefill_budget
+
+
+def state(live=0, free=4, window=0, capacity=100, max_remaining=0) -> BatchState:
+    return BatchState(live_rows=live, free_rows=free, window=window, capacity=capacity,
+                      max_remaining=max_remaining)
+
+
+def cands(*pairs) -> list[Candidate]:
+    return [Candidate(prompt_len=p, max_tokens=m) for p, m in pairs]
+
+
+def test_module_is_pure():
+    # The policy module documents itself as pure: importing it must not drag torch or Ray in.
+    code = "import sys, cluster.policy; print('torch' in sys.modules, 'ray' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[2])
+    assert out.stdout.split() == ["False", "False"]
+
+
+# --------------------------------------------------------------------------- static
+def test_static_admits_nothing_while_rows_live():
+    assert admit("static", state(live=1, free=3), cands((5, 5), (5, 5))) == 0
+    assert admit("static", state(live=3, free=1, window=10), cands((1, 1))) == 0
+
+
+def test_static_fills_an_empty_batch_up_to_free_rows():
+    assert admit("static", state(live=0, free=3), cands(*[(5, 5)] * 5)) == 3
+    assert admit("static", state(live=0, free=8), cands((5, 5), (6, 6))) == 2
+    assert admit("static", state(live=0, free=0), cands((5, 5))) == 0
+
+
+def test_static_empty_batch_respects_capacity_fifo():
+    # The second does not fit: admission stops there even though the third would fit (FIFO).
+    assert admit("static", state(live=0, free=4, capacity=20), cands((5, 5), (15, 6), (1, 1))) == 1
+
+
+# --------------------------------------------------------------------------- baton / colocated
+@pytest.mark.parametrize("policy", ["baton", "colocated"])
+def test_insertion_policies_admit_while_rows_live(policy):
+    assert admit(policy, state(live=3, free=2, window=50, max_remaining=40), cands((5, 5), (5, 5), (5, 5))) == 2
+
+
+@pytest.mark.parametrize("policy", ["baton", "colocated"])
+def test_insertion_policies_bounded_by_free_rows(policy):
+    assert admit(policy, state(free=0), cands((1, 1))) == 0
+    assert admit(policy, state(free=1), cands((1, 1), (1, 1))) == 1
+    assert admit(policy, state(free=10), cands((1, 1), (1, 1))) == 2
+    assert admit(policy, state(free=10), []) == 0
+
+
+@pytest.mark.parametrize("policy", ["baton", "colocated"])
+def test_insertion_policies_capacity_is_per_row(policy):
+    # prompt + max_tokens must fit the capacity; exactly equal fits.
+    assert admit(policy, state(capacity=20), cands((10, 10))) == 1
+    assert admit(policy, state(capacity=20), cands((10, 11))) == 0
+    assert admit(policy, state(capacity=20), cands((21, 1))) == 0
+    # The live window does not matter for insertion (rows are right-aligned; trim reclaims padding).
+    assert admit(policy, state(live=2, free=2, window=19, capacity=20, max_remaining=1), cands((10, 10))) == 1
+
+
+@pytest.mark.parametrize("policy", ["baton", "colocated"])
+def test_insertion_policies_stop_at_first_misfit(policy):
+    assert admit(policy, state(free=5, capacity=20), cands((5, 5), (5, 5), (30, 1), (1, 1))) == 2
+    assert admit(policy, state(free=5, capacity=20), cands((30, 1), (1, 1))) == 0
+
+
+# --------------------------------------------------------------------------- orca
+def test_orca_admits_into_running_batch_when_window_allows():
+    # window 10 + widest prompt 5 + longest remaining 20 = 35 <= 40
+    assert admit("orca", state(live=2, free=2, window=10, capacity=40, max_remaining=20), cands((5, 3), (4, 3))) == 2
+
+
+def test_orca_window_bound():
+    # 30 + 5 + 6 = 41 > 40: nothing joins even though prompt+max_tokens alone would fit.
+    assert admit("orca", state(live=1, free=3, window=30, capacity=40, max_remaining=6), cands((5, 5))) == 0
+    # Exactly at the capacity is allowed.
+    assert admit("orca", state(live=1, free=3, window=30, capacity=41, max_remaining=6), cands((5, 5))) == 1
+
+
+def test_orca_width_is_the_widest_prompt_so_far():
+    # First: 10 + 8 + 10 = 28 <= 30. Second widens to 12: 10 + 12 + 10 = 32 > 30 -> stop.
+    b = state(live=1, free=5, window=10, capacity=30, max_remaining=10)
+    assert admit("orca", b, cands((8, 2), (12, 2), (1, 1))) == 1
+    # A narrower second prompt does not widen: 10 + 8 + 10 = 28.
+    assert admit("orca", b, cands((8, 2), (3, 2))) == 2
+
+
+def test_orca_remaining_is_the_longest_so_far():
+    b = state(live=1, free=5, window=10, capacity=30, max_remaining=5)
+    # First: 10 + 4 + max(5, 15) = 29. Second raises remaining to 17: 10 + 4 + 17 = 31 > 30.
+    assert admit("orca", b, cands((4, 15), (4, 17))) == 1
+    # max_tokens below the batch's remaining count does not change the bound.
+    assert admit("orca", b, cands((4, 15), (4, 2), (4, 16))) == 3
+
+
+def test_orca_bounded_by_free_rows_and_fifo():
+    b = state(live=0, free=2, window=0, capacity=100, max_remaining=0)
+    assert admit("orca", b, cands((1, 1), (1, 1), (1, 1))) == 2
+    b = state(live=0, free=5, window=0, capacity=20, max_remaining=0)
+    assert admit("orca", b, cands((5, 5), (30, 1), (1, 1))) == 1
+
+
+def test_orca_empty_batch():
+    assert admit("orca", state(free=3, capacity=20), cands((10, 10))) == 1
+    assert admit("orca", state(free=3, capacity=20), cands((10, 11))) == 0
+
+
+# --------------------------------------------------------------------------- prefill_budget
+@pytest.mark.parametrize(
+    ("ready", "in_flight", "free_rows", "ahead", "want"),
+    [
+        (0, 0, 4, 0, 4),
+        (0, 0, 4, 2, 6),
+        (1, 2, 4, 0, 1),
+        (2, 2, 4, 0, 0),
+        (5, 3, 4, 1, 0),  # over-committed: never negative
+        (0, 0, 0, 0, 0),
+        (0, 3, 0, 4, 1),
+    ],
+)
+def test_prefill_budget(ready, in_flight, free_rows, ahead, want):
+    assert prefill_budget(ready, in_flight, free_rows, ahead) == want

@@ -1,0 +1,75 @@
+"""parse_spec: one JSON request line -> RequestSpec; bad lines name the offending field."""
+
+from __future__ import annotations
+
+import pytest
+
+from baton_core.errors import ValidationError
+from baton_core.params import SamplingParams
+from cluster.requests_io import parse_spec
+
+
+def test_minimal_prompt_defaults():
+    s = parse_spec({"prompt": "hello"}, "r0")
+    assert s.request_id == "r0"
+    assert s.arrival_s == 0.0
+    assert s.prompt == "hello"
+    assert s.prompt_token_ids is None and s.messages is None
+    assert s.params == SamplingParams()
+
+
+def test_all_fields():
+    s = parse_spec({"id": 42, "arrival_s": 1, "prompt_token_ids": [3, 4, 5], "max_tokens": 7,
+                    "temperature": 0.5, "top_p": 0.9, "top_k": 3, "seed": 11, "stop": "X",
+                    "stop_token_ids": [9], "ignore_eos": True}, "dflt")
+    assert s.request_id == "42"  # ints are accepted and stringified
+    assert s.arrival_s == 1.0 and isinstance(s.arrival_s, float)
+    assert s.prompt_token_ids == (3, 4, 5)
+    assert s.params == SamplingParams(max_tokens=7, temperature=0.5, top_p=0.9, top_k=3, seed=11, stop=("X",),
+                                      stop_token_ids=(9,), ignore_eos=True)
+
+
+def test_messages():
+    msgs = [{"role": "user", "content": "hi"}]
+    s = parse_spec({"messages": msgs}, "m")
+    assert s.messages == tuple(msgs)
+
+
+@pytest.mark.parametrize(
+    ("obj", "field"),
+    [
+        ("just a string", "request"),
+        ([1, 2], "request"),
+        ({"prompt": "x", "colour": "red"}, "colour"),
+        ({"prompt": "x", "b_extra": 1, "a_extra": 2}, "a_extra"),
+        ({"prompt": "x", "id": ""}, "id"),
+        ({"prompt": "x", "id": True}, "id"),
+        ({"prompt": "x", "id": None}, "id"),
+        ({"prompt": "x", "id": 1.5}, "id"),
+        ({"prompt": "x", "arrival_s": -1}, "arrival_s"),
+        ({"prompt": "x", "arrival_s": float("nan")}, "arrival_s"),
+        ({"prompt": "x", "arrival_s": float("inf")}, "arrival_s"),
+        ({"prompt": "x", "arrival_s": "0"}, "arrival_s"),
+        ({"prompt": "x", "arrival_s": False}, "arrival_s"),
+        ({}, "prompt"),
+        ({"prompt": "x", "prompt_token_ids": [1]}, "prompt"),
+        ({"prompt": "x", "messages": [{"role": "user", "content": "y"}]}, "prompt"),
+        ({"prompt": 5}, "prompt"),
+        ({"prompt_token_ids": "1 2"}, "prompt_token_ids"),
+        ({"prompt_token_ids": [1, "2"]}, "prompt_token_ids"),
+        ({"prompt_token_ids": [1, True]}, "prompt_token_ids"),
+        ({"prompt_token_ids": [1.0]}, "prompt_token_ids"),
+        ({"messages": "hi"}, "messages"),
+        ({"messages": [{"role": "user"}]}, "messages"),
+        ({"messages": [{"role": "user", "content": 3}]}, "messages"),
+        ({"messages": ["hi"]}, "messages"),
+        ({"prompt": "x", "max_tokens": 0}, "max_tokens"),
+        ({"prompt": "x", "temperature": -1}, "temperature"),
+        ({"prompt": "x", "top_p": 0}, "top_p"),
+        ({"prompt": "x", "stop": [""]}, "stop"),
+    ],
+)
+def test_bad_lines_name_field(obj, field):
+    with pytest.raises(ValidationError) as ei:
+        parse_spec(obj, "r")
+    assert ei.value.field == field
