@@ -162,6 +162,83 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _read_token(args: argparse.Namespace) -> str | None:
+    import os
+
+    if getattr(args, "auth_token_file", None):
+        return Path(args.auth_token_file).read_text().strip() or None
+    return args.auth_token or os.environ.get("BATON_AUTH_TOKEN") or None
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    from cluster.grpc_server import GrpcServer
+    from cluster.ray_cluster import Cluster
+
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise ValueError("tls_cert: --tls-cert and --tls-key go together")
+    token = _read_token(args)
+    cert = Path(args.tls_cert).read_bytes() if args.tls_cert else None
+    key = Path(args.tls_key).read_bytes() if args.tls_key else None
+    stop = threading.Event()
+    cluster = Cluster(cluster_config(args)).start(log=lambda m: print(m, file=sys.stderr, flush=True))
+    # After ray.init, which installs handlers of its own: ours drain instead of dying mid-request.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        async def make() -> GrpcServer:
+            server = GrpcServer(cluster, args.model, args.host, args.port, token, cert, key)
+            await server.start()
+            return server
+
+        server = cluster.call(make())
+        print(f"[baton] serving {args.model} on {args.host}:{server.port} (gRPC{', TLS' if cert else ''}"
+              f"{', auth' if token else ''}); health SERVING", file=sys.stderr, flush=True)
+        while not stop.wait(1.0):
+            pass
+        print(f"[baton] draining (up to {args.drain_grace:.0f} s for in-flight calls)", file=sys.stderr, flush=True)
+        cluster.call(server.drain(args.drain_grace))
+    finally:
+        cluster.shutdown()
+    print("[baton] stopped", file=sys.stderr, flush=True)
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    import grpc
+
+    from cluster.client import BatonClient
+
+    ca = Path(args.tls_ca).read_bytes() if args.tls_ca else None
+    prompt = [int(t) for t in args.prompt.split(",")] if args.token_ids else args.prompt
+    kw = dict(max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
+              seed=args.seed, stop=args.stop or (), ignore_eos=args.ignore_eos)
+    with BatonClient(args.server, auth_token=_read_token(args), tls=args.tls, ca=ca,
+                     server_name=args.tls_server_name) as client:
+        try:
+            if args.stream:
+                last = None
+                for r in client.generate(prompt, timeout=args.timeout, stream=True, **kw):
+                    if r.WhichOneof("kind") == "chunk":
+                        sys.stdout.write(r.chunk.text)
+                        sys.stdout.flush()
+                    last = r.complete
+                sys.stdout.write("\n")
+            else:
+                last = client.complete(prompt, timeout=args.timeout, **kw)
+                print(last.text)
+        except grpc.RpcError as e:
+            print(f"baton: {e.code().name}: {e.details()}", file=sys.stderr)
+            return 1
+    from baton.v1 import generation_pb2 as pb
+
+    print(f"[{pb.FinishReason.Name(last.finish_reason).lower()}; {last.usage.completion_tokens} tokens; "
+          f"ttft {last.timing.ttft_ms:.0f} ms; total {last.timing.total_ms:.0f} ms]", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="baton", description="BATON disaggregated LLM serving")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -172,6 +249,39 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--show", action="store_true", help="print each answer's text")
     _add_cluster_args(run)
     run.set_defaults(func=cmd_run)
+
+    serve = sub.add_parser("serve", help="serve the gRPC API on a Ray cluster until SIGINT/SIGTERM")
+    _add_engine_args(serve)
+    _add_cluster_args(serve)
+    serve.add_argument("--host", default="127.0.0.1", help="bind address (0.0.0.0 in a container)")
+    serve.add_argument("--port", type=int, default=50051)
+    serve.add_argument("--auth-token", default=None, help="require 'authorization: Bearer TOKEN' "
+                       "(default: $BATON_AUTH_TOKEN; off when empty)")
+    serve.add_argument("--auth-token-file", default=None, help="read the token from a file")
+    serve.add_argument("--tls-cert", default=None, help="PEM certificate: serve TLS")
+    serve.add_argument("--tls-key", default=None, help="PEM private key of --tls-cert")
+    serve.add_argument("--drain-grace", type=float, default=30.0, help="seconds in-flight calls get on SIGTERM")
+    serve.set_defaults(func=cmd_serve)
+
+    gen = sub.add_parser("generate", help="call a baton server")
+    gen.add_argument("prompt", help="prompt text (or comma-separated token ids with --token-ids)")
+    gen.add_argument("--server", default="127.0.0.1:50051")
+    gen.add_argument("--token-ids", action="store_true")
+    gen.add_argument("--max-tokens", type=int, default=None)
+    gen.add_argument("--temperature", type=float, default=None)
+    gen.add_argument("--top-p", type=float, default=None)
+    gen.add_argument("--top-k", type=int, default=None)
+    gen.add_argument("--seed", type=int, default=None)
+    gen.add_argument("--stop", action="append", help="stop string (repeatable)")
+    gen.add_argument("--ignore-eos", action="store_true")
+    gen.add_argument("--stream", action="store_true", help="print tokens as they come")
+    gen.add_argument("--timeout", type=float, default=None, help="deadline in seconds")
+    gen.add_argument("--auth-token", default=None, help="default: $BATON_AUTH_TOKEN")
+    gen.add_argument("--auth-token-file", default=None)
+    gen.add_argument("--tls", action="store_true", help="use TLS (system roots unless --tls-ca)")
+    gen.add_argument("--tls-ca", default=None, help="PEM CA certificate to trust")
+    gen.add_argument("--tls-server-name", default=None, help="expected server name in its certificate")
+    gen.set_defaults(func=cmd_generate)
     return parser
 
 

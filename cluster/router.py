@@ -106,7 +106,8 @@ class Router:
         for st in list(self.states.values()):
             self._finish(st, "abort", error="server shutting down")
 
-    def _spawn(self, coro) -> None:
+    def spawn(self, coro) -> None:
+        """Run ``coro`` in the background, keeping a reference until it is done."""
         task = asyncio.create_task(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
@@ -180,7 +181,7 @@ class Router:
                 w.outstanding_tokens += tokens
                 w.calls += 1
                 self.in_prefill += len(batch)
-                self._spawn(self._run_prefill(w, batch, tokens))
+                self.spawn(self._run_prefill(w, batch, tokens))
 
     def _take_batch(self, budget: int) -> list[RequestState]:
         batch: list[RequestState] = []
@@ -242,7 +243,7 @@ class Router:
             st.decode_worker = w.worker_id
             st.t["sent"] = time.time()
             # The ref travels inside a list so Ray hands it over unresolved: the worker fetches it.
-            self._spawn(self._send(w, st, header_bytes, refs))
+            self.spawn(self._send(w, st, header_bytes, refs))
 
     async def _send(self, w: _Worker, st: RequestState, header_bytes: bytes, refs: list) -> None:
         try:

@@ -1,0 +1,300 @@
+"""The gRPC API: a real grpc.aio server on 127.0.0.1 over real Ray workers and a tiny model."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import datetime
+import filecmp
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from queries import make_queries
+from ray_procs import wait_gone
+
+from baton.v1 import generation_pb2 as pb
+from cluster.client import AsyncBatonClient, BatonClient
+from cluster.config import EngineConfig
+from cluster.engine import LocalEngine
+from cluster.grpc_server import GrpcServer
+from cluster.ray_cluster import Cluster, ClusterConfig
+
+ray = pytest.importorskip("ray")
+TOKEN = "s3cret-token"
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _self_signed(tmp: Path) -> tuple[bytes, bytes]:
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=1))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"),
+                                                        x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                           critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    return (cert.public_bytes(serialization.Encoding.PEM),
+            key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                              serialization.NoEncryption()))
+
+
+@pytest.fixture(scope="module")
+def served(model_dir, tmp_path_factory):
+    """One cluster (1 prefill + 1 decode worker), three servers: plain, auth, TLS."""
+    os.environ["RAY_AUTH_MODE"] = "disabled"
+    ray.init(num_cpus=4, object_store_memory=300 * 1024**2, _node_ip_address="127.0.0.1",
+             include_dashboard=False, log_to_driver=False)
+    session = ray._private.worker._global_node.get_session_dir_path()
+    folder = model_dir("llama")
+    cfg = ClusterConfig(model=str(folder), max_batch_size=8, max_seq_len=300, prefill_num_cpus=0.5,
+                        decode_num_cpus=0.5)
+    cluster = Cluster(cfg).start(log=lambda m: None)
+    cert, key = _self_signed(tmp_path_factory.mktemp("tls"))
+    ports = {"plain": _port(), "auth": _port(), "tls": _port()}
+
+    async def make():
+        servers = {
+            "plain": GrpcServer(cluster, "tiny-llama", "127.0.0.1", ports["plain"]),
+            "auth": GrpcServer(cluster, "tiny-llama", "127.0.0.1", ports["auth"], auth_token=TOKEN),
+            "tls": GrpcServer(cluster, "tiny-llama", "127.0.0.1", ports["tls"], tls_cert=cert, tls_key=key),
+        }
+        for s in servers.values():
+            await s.start()
+        return servers
+
+    servers = cluster.call(make())
+    yield {"cluster": cluster, "servers": servers, "ports": ports, "cert": cert, "folder": folder,
+           "target": f"127.0.0.1:{ports['plain']}"}
+    for s in servers.values():
+        cluster.call(s.drain(1.0))
+    cluster.shutdown()
+    ray.shutdown()
+    assert not wait_gone(session)
+
+
+def _live_rows(client: BatonClient) -> int:
+    return sum(w.live_rows + w.waiting for w in client.server_info().workers if w.role == "decode")
+
+
+def _wait_rows_free(client: BatonClient, timeout: float = 10.0) -> None:
+    deadline = time.time() + timeout
+    while _live_rows(client) and time.time() < deadline:
+        time.sleep(0.05)
+    assert _live_rows(client) == 0
+
+
+def test_health_reflection_and_model_info(served):
+    ch = grpc.insecure_channel(served["target"])
+    h = health_pb2_grpc.HealthStub(ch)
+    for service in ("", "baton.v1.Generation"):
+        assert h.Check(health_pb2.HealthCheckRequest(service=service)).status == \
+            health_pb2.HealthCheckResponse.SERVING
+    refl = reflection_pb2_grpc.ServerReflectionStub(ch)
+    resp = next(refl.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")])))
+    names = {s.name for s in resp.list_services_response.service}
+    assert {"baton.v1.Generation", "grpc.health.v1.Health"} <= names
+    with BatonClient(served["target"]) as c:
+        info = c.model_info()
+        assert info.name == "tiny-llama" and info.context_length == 300 and info.vocab_size > 0
+        assert list(info.eos_token_ids) and info.dtype == "float32" and info.fingerprint
+
+
+def test_16_concurrent_streams_match_offline_run(served, tiny_lm):
+    lm = tiny_lm("llama")
+    reqs = make_queries(lm, seed=41, n=16)
+    offline = LocalEngine(lm, EngineConfig(policy="baton", max_batch_size=8, max_seq_len=300)).run(
+        [(r, 0.0) for r in reqs])
+
+    async def one(client, r):
+        toks, text, complete = [], [], None
+        async for resp in client.generate(list(r.prompt_token_ids), max_tokens=r.params.max_tokens, stream=True):
+            if resp.WhichOneof("kind") == "chunk":
+                toks += list(resp.chunk.token_ids)
+                text.append(resp.chunk.text)
+            else:
+                complete = resp.complete
+        return toks, "".join(text), complete
+
+    async def all_():
+        client = AsyncBatonClient(served["target"])
+        try:
+            return await asyncio.gather(*(one(client, r) for r in reqs))
+        finally:
+            await client.close()
+
+    results = asyncio.run(all_())
+    for r, off, (toks, text, complete) in zip(reqs, offline, results, strict=True):
+        assert toks == off.token_ids, r.request_id
+        assert text == off.text
+        assert complete.usage.completion_tokens == len(toks) and complete.usage.prompt_tokens == r.prompt_len
+        assert pb.FinishReason.Name(complete.finish_reason).lower() == off.finish_reason
+        t = complete.timing
+        assert t.total_ms >= t.ttft_ms > 0 and t.prefill_worker == "prefill-0"
+        if len(toks) > 1:
+            assert t.decode_worker == "decode-0" and t.kv_bytes > 0
+    # Non-streaming: one message with every token and the text.
+    with BatonClient(served["target"]) as c:
+        resps = list(c.generate(list(reqs[0].prompt_token_ids), max_tokens=reqs[0].params.max_tokens,
+                                stream=False))
+        assert len(resps) == 1 and list(resps[0].complete.token_ids) == offline[0].token_ids
+        assert resps[0].complete.text == offline[0].text
+
+
+BAD = [
+    (dict(prompt=""), "prompt"),
+    (dict(prompt=[]), "prompt"),
+    (dict(prompt=[5] * 400), "prompt"),
+    (dict(prompt="hi", max_tokens=0), "max_tokens"),
+    (dict(prompt="hi", max_tokens=5000), "max_tokens"),
+    (dict(prompt="hi", temperature=-1.0), "temperature"),
+    (dict(prompt="hi", temperature=float("nan")), "temperature"),
+    (dict(prompt="hi", top_p=0.0), "top_p"),
+    (dict(prompt="hi", top_p=1.5), "top_p"),
+    (dict(prompt="hi", top_k=-1), "top_k"),
+    (dict(prompt=[1, 99999]), "prompt_token_ids"),
+    (dict(prompt="hi", stop=[""]), "stop"),
+]
+
+
+def test_bad_inputs_invalid_argument_while_others_stream(served):
+    with BatonClient(served["target"]) as c:
+        running = [c.generate(list(range(5, 30 + i)), max_tokens=60, ignore_eos=True, stream=True)
+                   for i in range(3)]
+        firsts = [next(s) for s in running]  # they are live now
+        for kw, field in BAD:
+            kw = dict(kw)
+            prompt = kw.pop("prompt")
+            with pytest.raises(grpc.RpcError) as e:
+                c.complete(prompt, **kw)
+            assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT, (kw, field)
+            assert field in e.value.details(), (field, e.value.details())
+        with pytest.raises(grpc.RpcError) as e:
+            list(c.stub.Generate(pb.GenerateRequest(stream=False)))
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "input" in e.value.details()
+        for s, first in zip(running, firsts, strict=True):
+            rest = list(s)
+            toks = list(first.chunk.token_ids) + [t for r in rest[:-1] for t in r.chunk.token_ids]
+            assert len(toks) == 60 and pb.FinishReason.Name(rest[-1].complete.finish_reason) == "LENGTH"
+
+
+def test_full_queue_resource_exhausted(served):
+    cluster = served["cluster"]
+    router = cluster.router
+    old = router.cfg
+    router.cfg = dataclasses.replace(old, max_queue=1, prefill_ahead=0)
+    try:
+        async def flood():
+            client = AsyncBatonClient(served["target"])
+            try:
+                return await asyncio.gather(*(client.complete(list(range(5, 80)), max_tokens=30, ignore_eos=True)
+                                              for _ in range(40)), return_exceptions=True)
+            finally:
+                await client.close()
+
+        results = asyncio.run(flood())
+    finally:
+        router.cfg = old
+    codes = [r.code() for r in results if isinstance(r, grpc.RpcError)]
+    ok = [r for r in results if isinstance(r, pb.Complete)]
+    assert grpc.StatusCode.RESOURCE_EXHAUSTED in codes and set(codes) == {grpc.StatusCode.RESOURCE_EXHAUSTED}
+    assert ok and all(r.usage.completion_tokens == 30 for r in ok)
+    assert "queue" in next(r.details() for r in results if isinstance(r, grpc.RpcError))
+
+
+def test_cancel_and_deadline_free_the_row(served):
+    with BatonClient(served["target"]) as c:
+        _wait_rows_free(c)
+        call = c.generate(list(range(5, 40)), max_tokens=250, ignore_eos=True, stream=True)
+        next(call)
+        next(call)
+        assert _live_rows(c) == 1
+        call.cancel()
+        _wait_rows_free(c)
+        with pytest.raises(grpc.RpcError) as e:
+            list(c.generate(list(range(5, 40)), max_tokens=250, ignore_eos=True, stream=True, timeout=0.4))
+        assert e.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        _wait_rows_free(c)
+        # Abort by id: the stream ends with ABORT and the row is free.
+        call = c.generate(list(range(5, 40)), max_tokens=250, ignore_eos=True, stream=True, request_id="kill-me")
+        next(call)
+        assert c.abort("kill-me") is True
+        last = list(call)[-1]
+        assert pb.FinishReason.Name(last.complete.finish_reason) == "ABORT"
+        _wait_rows_free(c)
+        with pytest.raises(grpc.RpcError) as e:
+            c.abort("no-such-request")
+        assert e.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_auth_token(served):
+    target = f"127.0.0.1:{served['ports']['auth']}"
+    for token in (None, "wrong"):
+        with BatonClient(target, auth_token=token or "") as c, pytest.raises(grpc.RpcError) as e:
+            c.complete("hello", max_tokens=3)
+        assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        with BatonClient(target, auth_token=token or "") as c, pytest.raises(grpc.RpcError) as e:
+            c.model_info()
+        assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    with BatonClient(target, auth_token=TOKEN) as c:
+        assert c.complete("hello", max_tokens=3).usage.completion_tokens >= 1
+    # Health stays open for probes.
+    h = health_pb2_grpc.HealthStub(grpc.insecure_channel(target))
+    assert h.Check(health_pb2.HealthCheckRequest(service="")).status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_tls_round_trip(served):
+    target = f"localhost:{served['ports']['tls']}"
+    with BatonClient(target, ca=served["cert"]) as c:
+        out = c.complete("The quick brown fox", max_tokens=5)
+        assert out.usage.completion_tokens >= 1
+    with BatonClient(target) as c, pytest.raises(grpc.RpcError):  # plaintext against TLS fails
+        c.complete("hi", max_tokens=2, timeout=3)
+
+
+def test_cli_generate(served):
+    env = dict(os.environ)
+    env.pop("BATON_AUTH_TOKEN", None)
+    base = [sys.executable, "-m", "cluster.cli", "generate", "--server", served["target"]]
+    p = subprocess.run([*base, "The quick brown fox", "--max-tokens", "6", "--stream"], capture_output=True,
+                       text=True, timeout=120, env=env)
+    assert p.returncode == 0, p.stderr
+    assert "6 tokens" in p.stderr or "eos" in p.stderr
+    p = subprocess.run([*base, "hello", "--temperature", "-2"], capture_output=True, text=True, timeout=120,
+                       env=env)
+    assert p.returncode == 1 and "INVALID_ARGUMENT" in p.stderr and "temperature" in p.stderr
+
+
+def test_committed_stubs_are_fresh(tmp_path):
+    sys.path.insert(0, str(REPO / "protos"))
+    try:
+        from generate import generate
+    finally:
+        sys.path.pop(0)
+    generate(tmp_path)
+    for name in ("generation_pb2.py", "generation_pb2.pyi", "generation_pb2_grpc.py"):
+        assert filecmp.cmp(tmp_path / "baton" / "v1" / name, REPO / "baton" / "v1" / name, shallow=False), (
+            f"baton/v1/{name} is stale: run python protos/generate.py")
