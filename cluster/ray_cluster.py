@@ -143,7 +143,9 @@ class Cluster:
         self.limits = ModelLimits(min(lim["context_length"], cfg.max_seq_len), lim["vocab_size"],
                                   tuple(lim["eos_token_ids"]))
         self.tokenizer = _load_tokenizer(cfg.model)
-        log(f"[baton] all {len(self.infos)} workers ready in {time.time() - t0:.1f} s")
+        slowest = max(i["startup_s"] for i in self.infos)
+        log(f"[baton] all {len(self.infos)} workers ready in {time.time() - t0:.1f} s "
+            f"(model load in the slowest worker: {slowest:.1f} s)")
 
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, name="baton-router", daemon=True)

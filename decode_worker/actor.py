@@ -24,16 +24,18 @@ class DecodeWorker:
         from decode_worker.batch import DecodeBatch
         from decode_worker.loop import DecodeLoop
 
+        t0 = time.time()
         configure_threads(threads)
         self.worker_id = worker_id
         self.lm = load_model(model, device, dtype)
         # One extra column: a row holds prompt + max_tokens - 1 tokens and the step writes one more.
         capacity = min(max_seq_len, self.lm.limits.context_length) + 1
         self.loop = DecodeLoop(DecodeBatch(self.lm, max_batch_size, capacity), worker_id)
+        self.startup_s = time.time() - t0
 
     def info(self) -> dict[str, Any]:
         lm = self.lm
-        return {"worker_id": self.worker_id, "role": "decode", "pid": os.getpid(), "host": socket.gethostname(),
+        return {"worker_id": self.worker_id, "startup_s": round(self.startup_s, 3), "role": "decode", "pid": os.getpid(), "host": socket.gethostname(),
                 "node_id": ray.get_runtime_context().get_node_id(), "fingerprint": lm.fingerprint,
                 "dtype": lm.dtype_name, "device": str(lm.device), "layout": asdict(lm.layout),
                 "limits": asdict(lm.limits), "load": self.loop.load()}

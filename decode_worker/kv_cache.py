@@ -24,6 +24,17 @@ from baton_core.errors import CapacityError
 from baton_core.models import KVLayout
 
 
+def _zeros(shape: tuple[int, ...], dtype: torch.dtype, device) -> torch.Tensor:
+    """Zeroed buffer. On the CPU through calloc (numpy): pages are zero-mapped lazily, so the part
+    of the capacity a run never touches costs neither start-up time nor memory."""
+    if torch.device(device).type != "cpu":
+        return torch.zeros(shape, dtype=dtype, device=device)
+    import numpy as np
+
+    carrier = {torch.float32: np.float32, torch.float16: np.float16, torch.bfloat16: np.uint16}[dtype]
+    return torch.from_numpy(np.zeros(shape, dtype=carrier)).view(dtype)
+
+
 class _WindowLayer(CacheLayerMixin):
     """One model layer's view of the shared buffers. Writes go to column ``end`` onwards."""
 
@@ -67,8 +78,8 @@ class BatonKVCache(Cache):
         self.capacity = capacity
         shape = (max_rows, layout.kv_heads, capacity, layout.head_dim)
         # Zero-filled: a masked column must still hold finite values (0 * NaN is NaN in attention).
-        self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(layout.num_layers)]
-        self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(layout.num_layers)]
+        self.keys = [_zeros(shape, dtype, device) for _ in range(layout.num_layers)]
+        self.values = [_zeros(shape, dtype, device) for _ in range(layout.num_layers)]
         self.mask = torch.zeros((max_rows, capacity), dtype=torch.bool, device=device)
         self.rows = 0
         self.start = self.end = capacity // 4

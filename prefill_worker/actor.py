@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from dataclasses import asdict
 from typing import Any
 
@@ -21,14 +22,16 @@ class PrefillWorker:
         from baton_core.models import load_model
         from prefill_worker.engine import PrefillEngine
 
+        t0 = time.time()
         configure_threads(threads)
         self.worker_id = worker_id
         self.lm = load_model(model, device, dtype)
         self.engine = PrefillEngine(self.lm, max_prefill_tokens)
+        self.startup_s = time.time() - t0
 
     def info(self) -> dict[str, Any]:
         lm = self.lm
-        return {"worker_id": self.worker_id, "role": "prefill", "pid": os.getpid(), "host": socket.gethostname(),
+        return {"worker_id": self.worker_id, "startup_s": round(self.startup_s, 3), "role": "prefill", "pid": os.getpid(), "host": socket.gethostname(),
                 "node_id": ray.get_runtime_context().get_node_id(), "fingerprint": lm.fingerprint,
                 "dtype": lm.dtype_name, "device": str(lm.device), "layout": asdict(lm.layout),
                 "limits": asdict(lm.limits), "threads": _threads()}
