@@ -55,6 +55,8 @@ class DecodeLoop:
         self._cond = threading.Condition()
         self._inbox: deque[_Inbound] = deque()
         self._aborts: set[str] = set()
+        # Aborts that arrived before their handoff (still in transfer): dropped on arrival.
+        self._tombstones: dict[str, float] = {}
         self._events: list[dict] = []
         self._stop = threading.Event()
         self._error: str | None = None
@@ -131,21 +133,26 @@ class DecodeLoop:
                 take = [self._inbox.popleft() for _ in range(min(b.free_rows, len(self._inbox)))]
                 aborts, self._aborts = self._aborts, set()
             event: dict = {"step": s.steps, "tokens": [], "finished": [], "inserted": [], "errors": []}
+            now = time.monotonic()
             for rid in aborts:
                 fin = b.abort(rid)
-                if fin is None:  # maybe still in the inbox
+                if fin is None:  # maybe still in the inbox, or not even here yet
                     with self._cond:
                         kept = [x for x in self._inbox if x.handoff.header.request_id != rid]
                         dropped = len(self._inbox) - len(kept)
                         self._inbox = deque(kept)
                     if dropped:
                         event["finished"].append([rid, "abort", 0, ""])
+                    else:
+                        self._tombstones[rid] = now
                 else:
                     event["finished"].append([rid, "abort", len(fin.token_ids), fin.text])
+            for rid in [r for r, t in self._tombstones.items() if now - t > 60.0]:
+                del self._tombstones[rid]  # its handoff never came (the prefill was dropped)
             t0 = time.perf_counter()
             for item in take:
                 rid = item.handoff.header.request_id
-                if rid in aborts:
+                if rid in aborts or self._tombstones.pop(rid, None) is not None:
                     event["finished"].append([rid, "abort", 0, ""])
                     continue
                 try:

@@ -70,7 +70,7 @@ def served(model_dir, tmp_path_factory):
              include_dashboard=False, log_to_driver=False)
     session = ray._private.worker._global_node.get_session_dir_path()
     folder = model_dir("llama")
-    cfg = ClusterConfig(model=str(folder), max_batch_size=8, max_seq_len=300, prefill_num_cpus=0.5,
+    cfg = ClusterConfig(model=str(folder), max_batch_size=8, max_seq_len=500, prefill_num_cpus=0.5,
                         decode_num_cpus=0.5)
     cluster = Cluster(cfg).start(log=lambda m: None)
     cert, key = _self_signed(tmp_path_factory.mktemp("tls"))
@@ -119,7 +119,7 @@ def test_health_reflection_and_model_info(served):
     assert {"baton.v1.Generation", "grpc.health.v1.Health"} <= names
     with BatonClient(served["target"]) as c:
         info = c.model_info()
-        assert info.name == "tiny-llama" and info.context_length == 300 and info.vocab_size > 0
+        assert info.name == "tiny-llama" and info.context_length == 500 and info.vocab_size > 0
         assert list(info.eos_token_ids) and info.dtype == "float32" and info.fingerprint
 
 
@@ -167,7 +167,7 @@ def test_16_concurrent_streams_match_offline_run(served, tiny_lm):
 BAD = [
     (dict(prompt=""), "prompt"),
     (dict(prompt=[]), "prompt"),
-    (dict(prompt=[5] * 400), "prompt"),
+    (dict(prompt=[5] * 600), "prompt"),
     (dict(prompt="hi", max_tokens=0), "max_tokens"),
     (dict(prompt="hi", max_tokens=5000), "max_tokens"),
     (dict(prompt="hi", temperature=-1.0), "temperature"),
@@ -228,18 +228,18 @@ def test_full_queue_resource_exhausted(served):
 def test_cancel_and_deadline_free_the_row(served):
     with BatonClient(served["target"]) as c:
         _wait_rows_free(c)
-        call = c.generate(list(range(5, 40)), max_tokens=250, ignore_eos=True, stream=True)
+        call = c.generate(list(range(5, 15)), max_tokens=480, ignore_eos=True, stream=True)
         next(call)
         next(call)
         assert _live_rows(c) == 1
         call.cancel()
         _wait_rows_free(c)
         with pytest.raises(grpc.RpcError) as e:
-            list(c.generate(list(range(5, 40)), max_tokens=250, ignore_eos=True, stream=True, timeout=0.4))
+            list(c.generate(list(range(5, 15)), max_tokens=480, ignore_eos=True, stream=True, timeout=0.4))
         assert e.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
         _wait_rows_free(c)
         # Abort by id: the stream ends with ABORT and the row is free.
-        call = c.generate(list(range(5, 40)), max_tokens=250, ignore_eos=True, stream=True, request_id="kill-me")
+        call = c.generate(list(range(5, 15)), max_tokens=480, ignore_eos=True, stream=True, request_id="kill-me")
         next(call)
         assert c.abort("kill-me") is True
         last = list(call)[-1]

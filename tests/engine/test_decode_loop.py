@@ -1,0 +1,70 @@
+"""The decode worker's step loop without Ray: inbox, early aborts, one event batch per step."""
+
+from __future__ import annotations
+
+import time
+
+from oracle import compare
+
+from baton_core.params import SamplingParams
+from baton_core.request import Request
+from decode_worker.batch import DecodeBatch
+from decode_worker.loop import DecodeLoop
+from prefill_worker.engine import PrefillEngine
+
+
+def _collect(loop: DecodeLoop, want: set[str], timeout: float = 30.0) -> tuple[dict, list[dict]]:
+    finished, events = {}, []
+    deadline = time.time() + timeout
+    while not want <= set(finished) and time.time() < deadline:
+        batch = loop.drain(0.2)
+        assert batch["error"] is None, batch["error"]
+        for ev in batch["events"]:
+            events.append(ev)
+            for rid, reason, n, _text in ev["finished"]:
+                finished[rid] = (reason, n)
+    return finished, events
+
+
+def test_abort_before_handoff_arrives_is_not_lost(tiny_lm):
+    lm = tiny_lm("llama")
+    pe = PrefillEngine(lm)
+    loop = DecodeLoop(DecodeBatch(lm, 4, 300), "d0")
+    try:
+        long = Request("x", tuple(range(5, 20)), SamplingParams(max_tokens=200, ignore_eos=True), seed=0)
+        loop.abort("x")  # the handoff is still "in transfer"
+        time.sleep(0.2)
+        loop.submit(pe.prefill([long])[0])
+        finished, _ = _collect(loop, {"x"})
+        assert finished["x"] == ("abort", 0)
+        assert loop.load()["rows"] == 0
+    finally:
+        loop.stop()
+
+
+def test_full_batch_keeps_handoffs_waiting_and_steps_batch_all_rows(tiny_lm):
+    lm = tiny_lm("llama")
+    pe = PrefillEngine(lm)
+    loop = DecodeLoop(DecodeBatch(lm, 2, 300), "d0")
+    reqs = [Request(f"r{i}", tuple(range(5 + i, 30 + i)), SamplingParams(max_tokens=20 + 5 * i), seed=i)
+            for i in range(5)]
+    try:
+        for h in pe.prefill(reqs):
+            loop.submit(h)
+        assert loop.load()["waiting"] >= 1  # more handoffs than rows: they wait, none dropped
+        finished, events = _collect(loop, {r.request_id for r in reqs})
+        assert {reason for reason, _n in finished.values()} <= {"length", "eos"}
+        tokens: dict[str, list[int]] = {}
+        for ev in events:
+            rids = [rid for rid, _tok, _d in ev["tokens"]]
+            assert len(rids) == len(set(rids)) <= 2  # one event per step carries every live row's token
+            for rid, tok, _d in ev["tokens"]:
+                tokens.setdefault(rid, []).append(tok)
+        for r in reqs:
+            first = pe.prefill([r])[0].header.first_token
+            assert compare(lm, list(r.prompt_token_ids), [first, *tokens.get(r.request_id, [])],
+                           r.params.max_tokens) in ("equal", "tie")
+        s = loop.load()["stats"]
+        assert s["inserted"] == 5 and s["max_blocked_ms"] < 50
+    finally:
+        loop.stop()
