@@ -7,6 +7,9 @@ PIP    := $(PY) -m pip
 TORCH_SPEC ?= torch==2.13.0
 MODEL  ?= smollm2-135m
 export RAY_ENABLE_ZERO_COPY_TORCH_TENSORS ?= 1
+# One auth mode everywhere: a local ray.init() writes ~/.ray/auth_token, after which `ray start`
+# would turn token auth on and CLI clients (ray job submit) would fail.
+export RAY_AUTH_MODE ?= disabled
 
 .PHONY: install run test lint bench clean
 
@@ -34,6 +37,7 @@ lint: install
 
 bench: install
 	$(PY) -m bench.step_bench
+	$(PY) -m bench.handoff_bench
 
 clean:
 	rm -rf $(VENV)

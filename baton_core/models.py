@@ -128,6 +128,13 @@ class LoadedModel:
     def dtype_name(self) -> str:
         return str(self.dtype).removeprefix("torch.")
 
+    def describe(self) -> dict[str, Any]:
+        """What a worker reports about its model (plain data)."""
+        from dataclasses import asdict
+
+        return {"model": self.name, "fingerprint": self.fingerprint, "dtype": self.dtype_name,
+                "device": str(self.device), "layout": asdict(self.layout), "limits": asdict(self.limits)}
+
 
 def resolve_dtype(dtype: str, device: str):
     import torch

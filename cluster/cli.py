@@ -88,37 +88,20 @@ def cluster_config(args: argparse.Namespace):
 
 def _run_on_ray(args: argparse.Namespace, specs: list) -> tuple[list[Completion], float]:
     from cluster.ray_cluster import Cluster
-    from cluster.requests_io import tokenize
+    from cluster.requests_io import Batch
 
     cfg = cluster_config(args)
     with Cluster(cfg).start(log=lambda m: print(m, file=sys.stderr)) as cluster:
-        results: dict[int, Completion] = {}
-        trace, index = [], {}
-        for i, spec in enumerate(specs):
-            if isinstance(spec, Completion):
-                results[i] = spec
-                continue
-            try:
-                req = tokenize(spec, cluster.tokenizer, cluster.limits)
-            except BatonError as e:
-                results[i] = Completion(spec.request_id, error=str(e), error_field=getattr(e, "field", None))
-                continue
-            if req.request_id in index:
-                results[i] = Completion(spec.request_id, error=f"id: duplicate request id {req.request_id!r}",
-                                        error_field="id")
-                continue
-            index[req.request_id] = i
-            trace.append((req, spec.arrival_s))
+        batch = Batch(specs, cluster.tokenizer, cluster.limits)
         t0 = time.time()
-        for c in cluster.run_trace(trace):
-            results[index[c.request_id]] = c
+        results = batch.merge(cluster.run_trace(batch.trace))
         wall = time.time() - t0
         st = cluster.decode_stats()
         blocked = max((s["stats"]["max_blocked_ms"] for s in st), default=0.0)
         steps = sum(s["stats"]["steps"] for s in st)
         print(f"[baton] decode workers: {steps} steps, longest time a step waited on anything but its own "
               f"work: {blocked:.3f} ms", file=sys.stderr)
-    return [results[i] for i in range(len(specs))], wall
+    return results, wall
 
 
 def cmd_run(args: argparse.Namespace) -> int:

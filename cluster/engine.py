@@ -18,7 +18,6 @@ from typing import Any
 
 import torch
 
-from baton_core.errors import BatonError
 from baton_core.handoff import KVHandoff
 from baton_core.models import LoadedModel
 from baton_core.params import ModelLimits
@@ -242,27 +241,9 @@ def run_specs(lm: LoadedModel, cfg: EngineConfig, specs: list[Any]) -> tuple[lis
 
     A bad spec becomes a Completion carrying its error (naming the field); the others still run.
     """
-    from cluster.requests_io import tokenize
+    from cluster.requests_io import Batch
 
     engine = LocalEngine(lm, cfg)
-    results: dict[int, Completion] = {}
-    trace: list[tuple[Request, float]] = []
-    index: dict[str, int] = {}
-    for i, spec in enumerate(specs):
-        if isinstance(spec, Completion):
-            results[i] = spec
-            continue
-        try:
-            req = tokenize(spec, lm.tokenizer, engine.limits)
-        except BatonError as e:
-            results[i] = Completion(spec.request_id, error=str(e), error_field=getattr(e, "field", None))
-            continue
-        if req.request_id in index:
-            results[i] = Completion(spec.request_id, error=f"id: duplicate request id {req.request_id!r}",
-                                    error_field="id")
-            continue
-        index[req.request_id] = i
-        trace.append((req, spec.arrival_s))
-    for c in engine.run(trace):
-        results[index[c.request_id]] = c
-    return [results[i] for i in range(len(specs))], engine.stats
+    batch = Batch(specs, lm.tokenizer, engine.limits)
+    return batch.merge(engine.run(batch.trace)), engine.stats
+

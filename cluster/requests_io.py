@@ -6,9 +6,9 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from baton_core.errors import ValidationError
+from baton_core.errors import BatonError, ValidationError
 from baton_core.params import ModelLimits, SamplingParams, validate_request
-from baton_core.request import Request
+from baton_core.request import Completion, Request
 from baton_core.sampling import new_seed
 
 PARAM_FIELDS = ("max_tokens", "temperature", "top_p", "top_k", "seed", "stop", "stop_token_ids", "ignore_eos")
@@ -81,3 +81,36 @@ def tokenize(spec: RequestSpec, tokenizer: Any, limits: ModelLimits) -> Request:
     validate_request(ids, spec.params, limits)
     seed = spec.params.seed if spec.params.seed is not None else new_seed()
     return Request(spec.request_id, tuple(ids), spec.params, seed)
+
+
+class Batch:
+    """A file of request specs split into a trace to run and the errors already known.
+
+    ``merge`` puts the run's completions back in input order beside the errors.
+    """
+
+    def __init__(self, specs: list[RequestSpec | Completion], tokenizer: Any, limits: ModelLimits):
+        self.size = len(specs)
+        self.results: dict[int, Completion] = {}
+        self.trace: list[tuple[Request, float]] = []
+        self._index: dict[str, int] = {}
+        for i, spec in enumerate(specs):
+            if isinstance(spec, Completion):
+                self.results[i] = spec
+                continue
+            try:
+                req = tokenize(spec, tokenizer, limits)
+            except BatonError as e:
+                self.results[i] = Completion(spec.request_id, error=str(e), error_field=getattr(e, "field", None))
+                continue
+            if req.request_id in self._index:
+                self.results[i] = Completion(spec.request_id, error=f"id: duplicate request id {req.request_id!r}",
+                                             error_field="id")
+                continue
+            self._index[req.request_id] = i
+            self.trace.append((req, spec.arrival_s))
+
+    def merge(self, completions: list[Completion]) -> list[Completion]:
+        for c in completions:
+            self.results[self._index[c.request_id]] = c
+        return [self.results[i] for i in range(self.size)]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import socket
 import time
-from dataclasses import asdict
 from typing import Any
 
 import ray
@@ -34,11 +33,9 @@ class DecodeWorker:
         self.startup_s = time.time() - t0
 
     def info(self) -> dict[str, Any]:
-        lm = self.lm
-        return {"worker_id": self.worker_id, "startup_s": round(self.startup_s, 3), "role": "decode", "pid": os.getpid(), "host": socket.gethostname(),
-                "node_id": ray.get_runtime_context().get_node_id(), "fingerprint": lm.fingerprint,
-                "dtype": lm.dtype_name, "device": str(lm.device), "layout": asdict(lm.layout),
-                "limits": asdict(lm.limits), "load": self.loop.load()}
+        return {"worker_id": self.worker_id, "role": "decode", "startup_s": round(self.startup_s, 3),
+                "pid": os.getpid(), "host": socket.gethostname(), "node_id": ray.get_runtime_context().get_node_id(),
+                "load": self.loop.load(), **self.lm.describe()}
 
     def submit(self, header_bytes: bytes, kv_refs: list, meta: dict) -> None:
         """Take a handoff: fetch its KV from the object store (in this method's thread), queue it."""

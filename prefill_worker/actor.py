@@ -5,10 +5,10 @@ from __future__ import annotations
 import os
 import socket
 import time
-from dataclasses import asdict
 from typing import Any
 
 import ray
+import torch
 
 from baton_core.request import Request
 from baton_core.threads import configure_threads
@@ -30,11 +30,9 @@ class PrefillWorker:
         self.startup_s = time.time() - t0
 
     def info(self) -> dict[str, Any]:
-        lm = self.lm
-        return {"worker_id": self.worker_id, "startup_s": round(self.startup_s, 3), "role": "prefill", "pid": os.getpid(), "host": socket.gethostname(),
-                "node_id": ray.get_runtime_context().get_node_id(), "fingerprint": lm.fingerprint,
-                "dtype": lm.dtype_name, "device": str(lm.device), "layout": asdict(lm.layout),
-                "limits": asdict(lm.limits), "threads": _threads()}
+        return {"worker_id": self.worker_id, "role": "prefill", "startup_s": round(self.startup_s, 3),
+                "pid": os.getpid(), "host": socket.gethostname(), "node_id": ray.get_runtime_context().get_node_id(),
+                "threads": torch.get_num_threads(), **self.lm.describe()}
 
     def prefill(self, requests: list[Request]) -> list[tuple[bytes, list | None, int]]:
         """Prefill a batch; each query's KV array is put in the object store by this worker.
@@ -47,9 +45,3 @@ class PrefillWorker:
             refs = [ray.put(h.kv)] if h.kv is not None else None
             out.append((h.header_bytes, refs, h.nbytes))
         return out
-
-
-def _threads() -> int:
-    import torch
-
-    return torch.get_num_threads()

@@ -7,7 +7,6 @@ import dataclasses
 import datetime
 import filecmp
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from ports import free_port
 from queries import make_queries
 from ray_procs import wait_gone
 
@@ -31,11 +31,6 @@ ray = pytest.importorskip("ray")
 TOKEN = "s3cret-token"
 REPO = Path(__file__).resolve().parents[2]
 
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _self_signed(tmp: Path) -> tuple[bytes, bytes]:
@@ -74,7 +69,7 @@ def served(model_dir, tmp_path_factory):
                         decode_num_cpus=0.5)
     cluster = Cluster(cfg).start(log=lambda m: None)
     cert, key = _self_signed(tmp_path_factory.mktemp("tls"))
-    ports = {"plain": _port(), "auth": _port(), "tls": _port()}
+    ports = {"plain": free_port(), "auth": free_port(), "tls": free_port()}
 
     async def make():
         servers = {

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -14,21 +13,16 @@ import time
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from ports import free_port
 from ray_procs import ray_processes, wait_gone
 
 from baton.v1 import generation_pb2 as pb
 from cluster.client import BatonClient
 
 
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_serve_drains_on_sigterm(model_dir, tmp_path):
-    port = _port()
+    port = free_port()
     before = set(ray_processes("session_"))
     env = dict(os.environ, RAY_AUTH_MODE="disabled")
     env.pop("RAY_ADDRESS", None)
