@@ -180,14 +180,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
         server = cluster.call(make())
         print(f"[baton] serving {args.model} on {args.host}:{server.port} (gRPC{', TLS' if cert else ''}"
               f"{', auth' if token else ''}); health SERVING", file=sys.stderr, flush=True)
+        code = 0
         while not stop.wait(1.0):
-            pass
+            if not cluster.router.healthy:  # workers lost (node gone, Ray down): let the supervisor restart us
+                print("[baton] error: no live prefill or decode worker left; exiting", file=sys.stderr, flush=True)
+                code = 1
+                break
         print(f"[baton] draining (up to {args.drain_grace:.0f} s for in-flight calls)", file=sys.stderr, flush=True)
         cluster.call(server.drain(args.drain_grace))
     finally:
         cluster.shutdown()
     print("[baton] stopped", file=sys.stderr, flush=True)
-    return 0
+    return code
 
 
 def cmd_generate(args: argparse.Namespace) -> int:

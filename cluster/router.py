@@ -66,6 +66,15 @@ class _Worker:
     outstanding_tokens: int = 0  # prefill: prompt tokens in calls not yet returned
     calls: int = 0
     load: dict = field(default_factory=dict)
+    dead: bool = False
+
+
+def _actor_died(e: Exception) -> bool:
+    try:
+        from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
+    except ImportError:  # pragma: no cover
+        return False
+    return isinstance(e, (ActorDiedError, RayActorError, ActorUnavailableError))
 
 
 def _ms(a: float | None, b: float | None) -> float:
@@ -112,6 +121,21 @@ class Router:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
+    @property
+    def healthy(self) -> bool:
+        """At least one live worker of each role."""
+        return any(not w.dead for w in self.prefill) and any(not w.dead for w in self.decode)
+
+    def _fail_stranded(self) -> None:
+        """With no live decode worker, nothing waiting for one can ever finish: fail it now."""
+        if any(not w.dead for w in self.decode):
+            return
+        while self.pending:
+            self._finish(self.pending.popleft()[0], "abort", error="no decode worker is available")
+        if not any(not w.dead for w in self.prefill):
+            while self.waiting:
+                self._finish(self.waiting.popleft(), "abort", error="no prefill worker is available")
+
     # ------------------------------------------------------------------ API
     def new_request_id(self) -> str:
         return f"req-{next(self._ids)}-{int(time.time() * 1e3) % 10**9}"
@@ -119,7 +143,7 @@ class Router:
     def submit(self, req: Request) -> RequestState:
         if self.closed:
             raise NoWorkers("the router is shutting down")
-        if not self.prefill or not self.decode:
+        if not self.healthy:
             raise NoWorkers("no prefill or decode worker is available")
         if req.request_id in self.states:
             raise BatonError(f"request_id: {req.request_id!r} is already in flight")
@@ -157,8 +181,8 @@ class Router:
             "queue_depth": len(self.waiting), "in_prefill": self.in_prefill, "pending_decode": len(self.pending),
             "prefill": [{"worker_id": w.worker_id, "outstanding_tokens": w.outstanding_tokens, "calls": w.calls}
                         for w in self.prefill],
-            "decode": [{"worker_id": w.worker_id, "assigned": w.assigned, "max_rows": w.max_rows, **w.load}
-                       for w in self.decode],
+            "decode": [{"worker_id": w.worker_id, "assigned": w.assigned, "dead": w.dead, **w.load,
+                        "max_rows": w.max_rows} for w in self.decode],
         }
 
     # ------------------------------------------------------------------ prefill side
@@ -172,7 +196,7 @@ class Router:
             while self.waiting:
                 budget = prefill_budget(len(self.pending), self.in_prefill, self._decode_free(),
                                         self.cfg.prefill_ahead)
-                idle = [w for w in self.prefill if w.calls < self.cfg.prefill_calls_per_worker]
+                idle = [w for w in self.prefill if not w.dead and w.calls < self.cfg.prefill_calls_per_worker]
                 if budget <= 0 or not idle:
                     break
                 w = min(idle, key=lambda x: (x.outstanding_tokens, x.calls))
@@ -202,9 +226,11 @@ class Router:
         try:
             results = await w.handle.prefill.remote([st.req for st in batch])
         except Exception as e:  # worker died or raised: these requests fail, others go on
+            w.dead = w.dead or _actor_died(e)
             for st in batch:
                 self._finish(st, "abort", error=f"prefill worker {w.worker_id} failed: {e}")
             results = None
+            self._fail_stranded()
         finally:
             w.outstanding_tokens -= tokens
             w.calls -= 1
@@ -234,7 +260,7 @@ class Router:
     # ------------------------------------------------------------------ decode side
     def _place(self) -> None:
         while self.pending:
-            free = [w for w in self.decode if w.assigned < w.max_rows]
+            free = [w for w in self.decode if not w.dead and w.assigned < w.max_rows]
             if not free:
                 return  # every row is taken: the handoff waits here, never dropped
             w = max(free, key=lambda x: (x.max_rows - x.assigned, -x.load.get("window", 0)))
@@ -250,8 +276,10 @@ class Router:
             await w.handle.submit.remote(header_bytes, refs, {})
         except Exception as e:
             w.assigned -= 1
+            w.dead = w.dead or _actor_died(e)
             self._finish(st, "abort", error=f"decode worker {w.worker_id} failed: {e}")
             self._place()
+            self._fail_stranded()
 
     async def _pump(self, w: _Worker) -> None:
         while not self.closed:
@@ -260,14 +288,19 @@ class Router:
             except asyncio.CancelledError:
                 raise
             except Exception as e:
+                w.dead = True
                 for st in [s for s in self.states.values() if s.decode_worker == w.worker_id]:
                     self._finish(st, "abort", error=f"decode worker {w.worker_id} failed: {e}")
-                w.max_rows = 0
+                self._fail_stranded()
                 return
             w.load = batch["load"]
             for ev in batch["events"]:
-                if "fatal" in ev:
-                    raise RuntimeError(f"decode worker {w.worker_id} died: {ev['fatal']}")
+                if "fatal" in ev:  # its step loop crashed: treat the worker as gone
+                    w.dead = True
+                    for st in [s for s in self.states.values() if s.decode_worker == w.worker_id]:
+                        self._finish(st, "abort", error=f"decode worker {w.worker_id} failed: {ev['fatal']}")
+                    self._fail_stranded()
+                    return
                 self._apply(w, ev)
             self._place()
             self._wake.set()

@@ -115,3 +115,20 @@ def test_streaming_and_abort_frees_the_row(local_ray, model_dir, tiny_lm):
         r = make_queries(lm, seed=4, n=1)[0]
         out = cluster.submit(r).result()
     _check_exact(lm, [r], [out])
+
+
+def test_lost_decode_worker_fails_its_requests_and_refuses_new_work(local_ray, model_dir):
+    from cluster.router import NoWorkers
+
+    with Cluster(_cfg(model_dir("llama"), 1, 1)).start(log=lambda m: None) as cluster:
+        long = Request("long", tuple(range(5, 25)), SamplingParams(max_tokens=250, ignore_eos=True), seed=1)
+        stream = cluster.submit(long)
+        it = iter(stream)
+        next(it)
+        next(it)  # decoding now
+        ray.kill(cluster.decode_actors[0])
+        c = stream.result()
+        assert c.error is not None and "decode worker" in c.error
+        assert not cluster.router.healthy
+        with pytest.raises(NoWorkers):
+            cluster.submit(Request("late", (5, 6, 7), SamplingParams(max_tokens=3), seed=2))
