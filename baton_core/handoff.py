@@ -8,6 +8,7 @@ and node boundaries as raw memory. bfloat16, which numpy lacks, travels as its u
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -94,12 +95,9 @@ def kv_from_numpy(arr: np.ndarray, dtype_name: str, device="cpu"):
 
     if arr.dtype != _CARRIER[dtype_name]:
         raise HandoffMismatch(f"dtype: handoff array is {arr.dtype}, header says {dtype_name}")
-    if not arr.flags.writeable:
-        # torch warns on read-only memory; we only ever read it (copied into the batch's buffers).
-        arr = np.asarray(arr)
-    import warnings
-
     with warnings.catch_warnings():
+        # Object-store memory is read-only and torch warns about that; the batch only reads it
+        # (copying it into its own buffers), so a view is safe and avoids a copy.
         warnings.simplefilter("ignore", UserWarning)
         t = torch.from_numpy(arr)
     if dtype_name == "bfloat16":

@@ -58,7 +58,8 @@ class OutputTracker:
     text: str = ""
     finish_reason: str | None = None
     _detok: IncrementalDetokenizer | None = None
-    _emitted_text: int = 0
+    _emitted_text: int = 0  # text length already searched for stop strings
+    _streamed: int = 0  # text length already handed out by take_text_delta
 
     def __post_init__(self) -> None:
         if self.tokenizer is not None:
@@ -103,5 +104,3 @@ class OutputTracker:
         delta = self.text[self._streamed : upto]
         self._streamed = upto
         return delta
-
-    _streamed: int = 0
