@@ -11,7 +11,7 @@ export RAY_ENABLE_ZERO_COPY_TORCH_TENSORS ?= 1
 # would turn token auth on and CLI clients (ray job submit) would fail.
 export RAY_AUTH_MODE ?= disabled
 
-.PHONY: install run test lint bench clean
+.PHONY: install run test lint bench bench-suite clean
 
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,10 @@ lint: install
 bench: install
 	$(PY) -m bench.step_bench
 	$(PY) -m bench.handoff_bench
+
+# The serving comparison (~18 min here; add --vllm-python PATH for vLLM, see BENCHMARKS.md).
+bench-suite: install
+	$(VENV)/bin/baton bench --benchmarks-md BENCHMARKS.md
 
 clean:
 	rm -rf $(VENV)

@@ -43,7 +43,8 @@ def _add_engine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--policy", default="baton", choices=POLICIES)
     p.add_argument("--max-batch-size", type=int, default=32)
     p.add_argument("--max-seq-len", type=int, default=2048, help="KV columns per row (prompt + output)")
-    p.add_argument("--max-prefill-tokens", type=int, default=4096)
+    p.add_argument("--max-prefill-tokens", type=int, default=0,
+                   help="padded prompt tokens per prefill forward (0: 256 on cpu, 4096 on cuda)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="auto")
     p.add_argument("--threads", type=int, default=0, help="in-process policies: total torch threads "
@@ -270,6 +271,10 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--tls-ca", default=None, help="PEM CA certificate to trust")
     gen.add_argument("--tls-server-name", default=None, help="expected server name in its certificate")
     gen.set_defaults(func=cmd_generate)
+
+    from bench.suite import add_parser as add_bench_parser  # light: heavy imports happen when it runs
+
+    add_bench_parser(sub)
     return parser
 
 

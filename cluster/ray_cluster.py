@@ -22,6 +22,7 @@ from typing import Any
 from baton_core.errors import BatonError
 from baton_core.params import ModelLimits
 from baton_core.request import Completion, Request
+from cluster.config import default_prefill_tokens
 from cluster.router import Chunk, Router, RouterConfig
 
 
@@ -34,7 +35,7 @@ class ClusterConfig:
     decode_workers: int = 1
     max_batch_size: int = 32
     max_seq_len: int = 2048
-    max_prefill_tokens: int = 4096
+    max_prefill_tokens: int = 0  # padded tokens per prefill call; 0: default_prefill_tokens(device)
     prefill_ahead: int = 8
     max_queue: int = 1024
     prefill_num_cpus: float = 1.0
@@ -48,6 +49,8 @@ class ClusterConfig:
     ray_num_cpus: int | None = None  # local Ray only: logical CPUs (default: enough for the workers)
 
     def __post_init__(self) -> None:
+        if self.max_prefill_tokens == 0:
+            object.__setattr__(self, "max_prefill_tokens", default_prefill_tokens(self.device))
         for name in ("prefill_workers", "decode_workers", "max_batch_size", "max_seq_len", "max_prefill_tokens"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}: must be >= 1, got {getattr(self, name)}")
