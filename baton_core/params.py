@@ -109,6 +109,10 @@ class ModelLimits:
     vocab_size: int
     eos_token_ids: tuple[int, ...] = field(default_factory=tuple)
 
+    def capped(self, max_seq_len: int) -> ModelLimits:
+        """These limits with the context narrowed to a server's per-row KV capacity."""
+        return ModelLimits(min(self.context_length, max_seq_len), self.vocab_size, tuple(self.eos_token_ids))
+
 
 def validate_request(prompt_token_ids: list[int], params: SamplingParams, limits: ModelLimits) -> None:
     """Check a tokenised request against the model. Raises ValidationError naming the field."""

@@ -20,18 +20,11 @@ import torch
 
 from baton_core.handoff import KVHandoff
 from baton_core.models import LoadedModel
-from baton_core.params import ModelLimits
 from baton_core.request import Completion, Request
 from cluster.config import EngineConfig
 from cluster.policy import BatchState, Candidate, admit, prefill_budget
 from decode_worker.batch import DecodeBatch, Finished, StepResult
 from prefill_worker.engine import PrefillEngine
-
-
-def effective_limits(lm: LoadedModel, cfg: EngineConfig) -> ModelLimits:
-    """The model's limits narrowed by the engine's per-row KV capacity."""
-    lim = lm.limits
-    return ModelLimits(min(lim.context_length, cfg.max_seq_len), lim.vocab_size, lim.eos_token_ids)
 
 
 @dataclass
@@ -65,7 +58,7 @@ class LocalEngine:
     def __init__(self, lm: LoadedModel, cfg: EngineConfig):
         self.lm = lm
         self.cfg = cfg
-        self.limits = effective_limits(lm, cfg)
+        self.limits = lm.limits.capped(cfg.max_seq_len)
         self.prefill_engine = PrefillEngine(lm, cfg.max_prefill_tokens)
         # One extra column: the window holds prompt + max_tokens - 1 and the step writes one more.
         self.batch = DecodeBatch(lm, cfg.max_batch_size, self.limits.context_length + 1)

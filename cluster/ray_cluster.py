@@ -143,8 +143,7 @@ class Cluster:
             self.shutdown()
             raise BatonError(f"model: workers loaded different models ({sorted(fps)})")
         lim = self.infos[0]["limits"]
-        self.limits = ModelLimits(min(lim["context_length"], cfg.max_seq_len), lim["vocab_size"],
-                                  tuple(lim["eos_token_ids"]))
+        self.limits = ModelLimits(**lim).capped(cfg.max_seq_len)
         self.tokenizer = _load_tokenizer(cfg.model)
         slowest = max(i["startup_s"] for i in self.infos)
         log(f"[baton] all {len(self.infos)} workers ready in {time.time() - t0:.1f} s "

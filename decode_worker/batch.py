@@ -128,10 +128,10 @@ class DecodeBatch:
         ids = torch.full((n, width), self.pad_id, dtype=torch.long)
         pos = torch.zeros((n, width), dtype=torch.long)
         new_mask = torch.zeros((n, width), dtype=torch.bool)
-        for i, row in enumerate(self.rows):
-            ids[i, -1] = row.next_token
-            pos[i, :] = row.pos
-            new_mask[i, -1] = True
+        if n_old:
+            ids[:n_old, -1] = torch.tensor([r.next_token for r in self.rows])
+            pos[:n_old] = torch.tensor([r.pos for r in self.rows]).unsqueeze(1)
+            new_mask[:n_old, -1] = True
         for j, req in enumerate(prompts):
             i = n_old + j
             p = req.prompt_len
@@ -209,9 +209,3 @@ class DecodeBatch:
                 self.cache.trim()
                 return fin
         return None
-
-    def stats(self) -> dict:
-        c = self.cache
-        return {"rows": len(self.rows), "max_rows": self.max_rows, "window": c.length,
-                "capacity": c.capacity, "padding_cells": c.padding_columns(),
-                "relocations": c.relocations, "kv_bytes": c.nbytes()}
