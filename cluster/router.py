@@ -65,6 +65,7 @@ class _Worker:
     assigned: int = 0  # rows in use or promised (handoffs sent, not finished)
     outstanding_tokens: int = 0  # prefill: prompt tokens in calls not yet returned
     calls: int = 0
+    dispatched: int = 0  # calls ever sent: equally loaded workers take turns
     load: dict = field(default_factory=dict)
     dead: bool = False
 
@@ -199,7 +200,8 @@ class Router:
                 idle = [w for w in self.prefill if not w.dead and w.calls < self.cfg.prefill_calls_per_worker]
                 if budget <= 0 or not idle:
                     break
-                w = min(idle, key=lambda x: (x.outstanding_tokens, x.calls))
+                w = min(idle, key=lambda x: (x.outstanding_tokens, x.calls, x.dispatched))
+                w.dispatched += 1
                 batch = self._take_batch(budget)
                 tokens = sum(st.req.prompt_len for st in batch)
                 w.outstanding_tokens += tokens
