@@ -36,8 +36,8 @@ lint: install
 	$(VENV)/bin/ruff format --check .
 
 bench: install
-	$(PY) -m bench.step_bench
-	$(PY) -m bench.handoff_bench
+	$(PY) -m baton.bench.step_bench
+	$(PY) -m baton.bench.handoff_bench
 
 # The serving comparison (~18 min here; add --vllm-python PATH for vLLM, see BENCHMARKS.md).
 bench-suite: install

@@ -8,14 +8,14 @@ import sys
 import time
 from pathlib import Path
 
-from baton_core.errors import BatonError, ValidationError
-from baton_core.models import DEFAULT_MODEL
-from baton_core.request import Completion
-from cluster.config import POLICIES, EngineConfig
+from baton.core.config import POLICIES, EngineConfig
+from baton.core.errors import BatonError, ValidationError
+from baton.core.models import DEFAULT_MODEL
+from baton.core.request import Completion
 
 
 def _read_specs(path: str) -> list:
-    from cluster.requests_io import parse_spec
+    from baton.core.requests_io import parse_spec
 
     specs: list = []
     text = sys.stdin.read() if path == "-" else Path(path).read_text()
@@ -88,8 +88,8 @@ def cluster_config(args: argparse.Namespace):
 
 
 def _run_on_ray(args: argparse.Namespace, specs: list) -> tuple[list[Completion], float]:
+    from baton.core.requests_io import Batch
     from cluster.ray_cluster import Cluster
-    from cluster.requests_io import Batch
 
     cfg = cluster_config(args)
     with Cluster(cfg).start(log=lambda m: print(m, file=sys.stderr)) as cluster:
@@ -106,8 +106,8 @@ def _run_on_ray(args: argparse.Namespace, specs: list) -> tuple[list[Completion]
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from baton_core.models import load_model
-    from cluster.engine import run_specs
+    from baton.core.models import load_model
+    from baton.engine import run_specs
 
     cfg = EngineConfig(model=args.model, policy=args.policy, max_batch_size=args.max_batch_size,
                        max_seq_len=args.max_seq_len, max_prefill_tokens=args.max_prefill_tokens,
@@ -198,7 +198,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_generate(args: argparse.Namespace) -> int:
     import grpc
 
-    from cluster.client import BatonClient
+    from baton.client import BatonClient
 
     ca = Path(args.tls_ca).read_bytes() if args.tls_ca else None
     prompt = [int(t) for t in args.prompt.split(",")] if args.token_ids else args.prompt
@@ -272,7 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--tls-server-name", default=None, help="expected server name in its certificate")
     gen.set_defaults(func=cmd_generate)
 
-    from bench.suite import add_parser as add_bench_parser  # light: heavy imports happen when it runs
+    from baton.bench.suite import add_parser as add_bench_parser  # light: heavy imports happen when it runs
 
     add_bench_parser(sub)
     return parser

@@ -18,11 +18,11 @@ from typing import Any
 
 import torch
 
-from baton_core.handoff import KVHandoff
-from baton_core.models import LoadedModel
-from baton_core.request import Completion, Request
-from cluster.config import EngineConfig
-from cluster.policy import BatchState, Candidate, admit, prefill_budget
+from baton.core.config import EngineConfig
+from baton.core.handoff import KVHandoff
+from baton.core.models import LoadedModel
+from baton.core.policy import BatchState, Candidate, admit, prefill_budget
+from baton.core.request import Completion, Request
 from decode_worker.batch import DecodeBatch, Finished, StepResult
 from prefill_worker.engine import PrefillEngine
 
@@ -234,7 +234,7 @@ def run_specs(lm: LoadedModel, cfg: EngineConfig, specs: list[Any]) -> tuple[lis
 
     A bad spec becomes a Completion carrying its error (naming the field); the others still run.
     """
-    from cluster.requests_io import Batch
+    from baton.core.requests_io import Batch
 
     engine = LocalEngine(lm, cfg)
     batch = Batch(specs, lm.tokenizer, engine.limits)

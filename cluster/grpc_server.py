@@ -17,12 +17,12 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from baton.core.errors import BatonError, ValidationError
+from baton.core.params import SamplingParams
+from baton.core.request import Completion
+from baton.core.requests_io import RequestSpec, tokenize
 from baton.v1 import generation_pb2 as pb
 from baton.v1 import generation_pb2_grpc as pb_grpc
-from baton_core.errors import BatonError, ValidationError
-from baton_core.params import SamplingParams
-from baton_core.request import Completion
-from cluster.requests_io import RequestSpec, tokenize
 from cluster.router import NoWorkers, QueueFull
 
 SERVICE = pb.DESCRIPTOR.services_by_name["Generation"].full_name

@@ -19,10 +19,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from baton_core.errors import BatonError
-from baton_core.params import ModelLimits
-from baton_core.request import Completion, Request
-from cluster.config import default_prefill_tokens
+from baton.core.config import default_prefill_tokens
+from baton.core.errors import BatonError
+from baton.core.params import ModelLimits
+from baton.core.request import Completion, Request
 from cluster.router import Chunk, Router, RouterConfig
 
 
@@ -267,7 +267,7 @@ class RequestStream:
 def _load_tokenizer(model: str):
     from transformers import AutoTokenizer
 
-    from baton_core.models import resolve_model
+    from baton.core.models import resolve_model
 
     try:
         return AutoTokenizer.from_pretrained(resolve_model(model))

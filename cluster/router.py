@@ -15,10 +15,10 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from baton_core.errors import BatonError
-from baton_core.handoff import HandoffHeader
-from baton_core.request import Completion, Request
-from cluster.policy import prefill_budget
+from baton.core.errors import BatonError
+from baton.core.handoff import HandoffHeader
+from baton.core.policy import prefill_budget
+from baton.core.request import Completion, Request
 
 
 class QueueFull(BatonError):

@@ -9,8 +9,8 @@ from typing import Any
 
 import ray
 
-from baton_core.handoff import KVHandoff
-from baton_core.threads import configure_threads
+from baton.core.handoff import KVHandoff
+from baton.core.threads import configure_threads
 
 
 class DecodeWorker:
@@ -19,7 +19,7 @@ class DecodeWorker:
 
     def __init__(self, worker_id: str, model: str, device: str, dtype: str, threads: int,
                  max_batch_size: int, max_seq_len: int):
-        from baton_core.models import load_model
+        from baton.core.models import load_model
         from decode_worker.batch import DecodeBatch
         from decode_worker.loop import DecodeLoop
 

@@ -17,13 +17,13 @@ from dataclasses import dataclass, field
 
 import torch
 
-from baton_core.errors import CapacityError, HandoffMismatch
-from baton_core.handoff import KVHandoff, check_compatible, kv_from_numpy
-from baton_core.models import LoadedModel
-from baton_core.params import SamplingParams
-from baton_core.request import Request
-from baton_core.sampling import sample_rows
-from baton_core.stopping import OutputTracker
+from baton.core.errors import CapacityError, HandoffMismatch
+from baton.core.handoff import KVHandoff, check_compatible, kv_from_numpy
+from baton.core.models import LoadedModel
+from baton.core.params import SamplingParams
+from baton.core.request import Request
+from baton.core.sampling import sample_rows
+from baton.core.stopping import OutputTracker
 from decode_worker.kv_cache import BatonKVCache
 
 

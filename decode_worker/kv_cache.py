@@ -20,8 +20,8 @@ from __future__ import annotations
 import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
 
-from baton_core.errors import CapacityError
-from baton_core.models import KVLayout
+from baton.core.errors import CapacityError
+from baton.core.models import KVLayout
 
 
 def _zeros(shape: tuple[int, ...], dtype: torch.dtype, device) -> torch.Tensor:

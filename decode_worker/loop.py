@@ -18,8 +18,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from baton_core.errors import BatonError
-from baton_core.handoff import KVHandoff
+from baton.core.errors import BatonError
+from baton.core.handoff import KVHandoff
 from decode_worker.batch import DecodeBatch
 
 

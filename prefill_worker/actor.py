@@ -10,8 +10,8 @@ from typing import Any
 import ray
 import torch
 
-from baton_core.request import Request
-from baton_core.threads import configure_threads
+from baton.core.request import Request
+from baton.core.threads import configure_threads
 
 
 class PrefillWorker:
@@ -19,7 +19,7 @@ class PrefillWorker:
 
     def __init__(self, worker_id: str, model: str, device: str, dtype: str, threads: int,
                  max_prefill_tokens: int):
-        from baton_core.models import load_model
+        from baton.core.models import load_model
         from prefill_worker.engine import PrefillEngine
 
         t0 = time.time()

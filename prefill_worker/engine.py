@@ -13,11 +13,11 @@ import time
 import torch
 from transformers import DynamicCache
 
-from baton_core.handoff import HandoffHeader, KVHandoff, kv_to_numpy
-from baton_core.models import LoadedModel
-from baton_core.request import Request
-from baton_core.sampling import sample_rows
-from baton_core.stopping import OutputTracker
+from baton.core.handoff import HandoffHeader, KVHandoff, kv_to_numpy
+from baton.core.models import LoadedModel
+from baton.core.request import Request
+from baton.core.sampling import sample_rows
+from baton.core.stopping import OutputTracker
 
 
 class PrefillEngine:

@@ -12,7 +12,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
-import tiny_models
+from baton.bench import tiny_models
 
 
 @pytest.fixture(scope="session")
@@ -36,7 +36,7 @@ _loaded: dict[str, object] = {}
 @pytest.fixture(scope="session")
 def tiny_lm(model_dir):
     """``tiny_lm(family)`` -> LoadedModel (cached for the session)."""
-    from baton_core.models import load_model
+    from baton.core.models import load_model
 
     def get(family: str):
         if family not in _loaded:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import random
 
-from baton_core.params import SamplingParams
-from baton_core.request import Request
+from baton.core.params import SamplingParams
+from baton.core.request import Request
 
 N_QUERIES = 36
 

@@ -1,6 +1,6 @@
 """KV handoff benchmark: latency and bytes from prefill to a live decode row, per prompt length.
 
-    python -m bench.handoff_bench [--model smollm2-135m] [--lengths 32,128,512] [--n 20]
+    python -m baton.bench.handoff_bench [--model smollm2-135m] [--lengths 32,128,512] [--n 20]
 
 Runs the real Ray cluster (1 prefill + 1 decode worker, local Ray on 127.0.0.1). Each request is
 sent alone (max_tokens=2, spaced out) so the figure is the handoff itself: prefill done ->
@@ -68,8 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     lengths = [int(x) for x in args.lengths.split(",")]
 
-    from baton_core.params import SamplingParams
-    from baton_core.request import Request
+    from baton.core.params import SamplingParams
+    from baton.core.request import Request
     from cluster.ray_cluster import Cluster, ClusterConfig
 
     cfg = ClusterConfig(model=args.model, max_batch_size=8, max_seq_len=max(lengths) + 8,
@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
                           "ttft_ms_p50": statistics.median(c.timings["ttft"] for c in done)})
         bpt = table[0]["kv_bytes"] // lengths[0]
         store = object_store_table(bpt, lengths, repeats=10)
-    result = {"command": " ".join(["python -m bench.handoff_bench", *(argv or sys.argv[1:])]),
+    result = {"command": " ".join(["python -m baton.bench.handoff_bench", *(argv or sys.argv[1:])]),
               "model": args.model, "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
               "date": time.strftime("%Y-%m-%d %H:%M:%S"), "handoff": table, "object_store": store}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

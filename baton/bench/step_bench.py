@@ -27,7 +27,7 @@ The goal is ratio >= 0.9. The comparison is conservative for BATON: bare attends
 while the BATON window grows during the run (L+warmup+1 .. L+warmup+repeats), and bare's argmax
 is outside its timer while the step's sampling is inside.
 
-    .venv/bin/python -m bench.step_bench [--model smollm2-135m] [--threads 1] [--repeats N] [--quick]
+    .venv/bin/python -m baton.bench.step_bench [--model smollm2-135m] [--threads 1] [--repeats N] [--quick]
 
 Results: bench/results/step_bench.json and .png (``--quick``: step_bench_quick.*; ``--threads N``
 other than 1: step_bench_threadsN.*). Needs matplotlib for the plot (the JSON is written without it).
@@ -52,10 +52,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from baton_core.handoff import KVHandoff, kv_from_numpy
-from baton_core.models import DEFAULT_MODEL, LoadedModel, load_model
-from baton_core.params import SamplingParams
-from baton_core.request import Request
+from baton.core.handoff import KVHandoff, kv_from_numpy
+from baton.core.models import DEFAULT_MODEL, LoadedModel, load_model
+from baton.core.params import SamplingParams
+from baton.core.request import Request
 from decode_worker.batch import DecodeBatch
 from prefill_worker.engine import PrefillEngine
 
@@ -84,7 +84,7 @@ def _int_list(text: str) -> tuple[int, ...]:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        prog="python -m bench.step_bench",
+        prog="python -m baton.bench.step_bench",
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

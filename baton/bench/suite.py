@@ -10,7 +10,7 @@ Per run: throughput, completion time, TTFT, TPOT, goodput under ``--slo-ttft-ms`
 idle computation, KV padding, KV handoff (see ``bench.metrics`` for the definitions), and "the limit":
 the bare model forward at the decode shape the baton decode worker ran (``bench.systems.bare_decode_ms``).
 
-    .venv/bin/python -m bench.suite [--quick] [--systems baton,orca,...] [--rates 0.5,1,2,4] \\
+    .venv/bin/python -m baton.bench.suite [--quick] [--systems baton,orca,...] [--rates 0.5,1,2,4] \\
         [--vllm-python /work/vllm-venv/bin/python] [--out-dir bench/results] [--benchmarks-md BENCHMARKS.md]
 
 Outputs in ``--out-dir``: ``NAME.json`` (every figure, the machine, the command), ``NAME.md`` (tables),
@@ -36,9 +36,9 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from bench.cpu import CpuWindow
-from bench.metrics import Record, decode_figures, goodput_knee, summarize
-from bench.systems import (
+from baton.bench.cpu import CpuWindow
+from baton.bench.metrics import Record, decode_figures, goodput_knee, summarize
+from baton.bench.systems import (
     ALL_SYSTEMS,
     NOTES,
     BareGrid,
@@ -47,7 +47,7 @@ from bench.systems import (
     make_system,
     python_version_of,
 )
-from bench.workload import LengthDist, WorkloadSpec, generate, trace_summary
+from baton.bench.workload import LengthDist, WorkloadSpec, generate, trace_summary
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 DEFAULT_SYSTEMS = ("baton", "baton-local", "colocated", "orca", "static", "hf-static", "hf-cb")
@@ -136,7 +136,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    """``baton bench``: registered by ``cluster.cli``."""
+    """``baton bench``: registered by ``baton.cli``."""
     p = subparsers.add_parser("bench", help="benchmark baton against other serving systems",
                               description=DESCRIPTION)
     add_arguments(p)
@@ -621,12 +621,8 @@ def replot(args: argparse.Namespace) -> int:
 
 
 def _tiny_model(folder: Path) -> Path:
-    tests = Path(__file__).resolve().parents[1] / "tests"
-    sys.path.insert(0, str(tests))
-    try:
-        import tiny_models
-    finally:
-        sys.path.remove(str(tests))
+    from baton.bench import tiny_models
+
     return tiny_models.build("llama", folder)
 
 
@@ -634,7 +630,7 @@ def _run(args: argparse.Namespace, t_start: float) -> int:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     import torch
 
-    from baton_core.models import load_model
+    from baton.core.models import load_model
 
     _log(f"loading {args.model}")
     lm = load_model(args.model)
@@ -808,7 +804,7 @@ def write_outputs(entries: list[dict[str, Any]], meta: dict[str, Any], args: arg
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.suite", description=DESCRIPTION,
+    p = argparse.ArgumentParser(prog="python -m baton.bench.suite", description=DESCRIPTION,
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     add_arguments(p)
     args = p.parse_args(argv)

@@ -32,8 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from baton_core.request import Completion, Request
-from bench.metrics import DecodeStats, Record, diff_counters
+from baton.bench.metrics import DecodeStats, Record, diff_counters
+from baton.core.request import Completion, Request
 
 Trace = list[tuple[Request, float]]
 
@@ -176,8 +176,8 @@ class LocalPolicy(System):
         self.decode_threads = cfg.threads - cfg.threads // 2 if policy == "baton" else cfg.threads
 
     def run(self, trace: Trace) -> RunResult:
-        from cluster.config import EngineConfig
-        from cluster.engine import LocalEngine
+        from baton.core.config import EngineConfig
+        from baton.engine import LocalEngine
 
         cfg = self.cfg
         eng = LocalEngine(self.lm, EngineConfig(model=cfg.model, policy=self.policy,
@@ -297,7 +297,7 @@ class HFContinuous(System):
         from transformers import GenerationConfig
         from transformers.generation.configuration_utils import ContinuousBatchingConfig
 
-        from baton_core.models import load_model
+        from baton.core.models import load_model
 
         torch.set_num_threads(self.cfg.threads)
         # Its own copy of the model: the manager may switch the attention implementation.
@@ -389,7 +389,7 @@ class VLLM(System):
         return self.run_many([trace])[0]
 
     def run_many(self, traces: list[Trace], timeout_s: float = 3600) -> list[RunResult]:
-        from baton_core.models import resolve_model
+        from baton.core.models import resolve_model
 
         env = dict(os.environ, **VLLM_ENV)
         env["OMP_NUM_THREADS"] = str(self.cfg.threads)

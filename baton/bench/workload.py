@@ -28,8 +28,8 @@ from typing import Any
 
 import numpy as np
 
-from baton_core.params import SamplingParams
-from baton_core.request import Request
+from baton.core.params import SamplingParams
+from baton.core.request import Request
 
 KINDS = ("fixed", "uniform", "lognormal")
 
@@ -151,7 +151,7 @@ class PromptMaker:
         self.avoid = set(avoid)  # e.g. EOS ids: harmless with ignore_eos, but keeps prompts plain
         self._ids: list[list[int]] = []
         if source == "text":
-            from bench.corpus import sentences
+            from baton.bench.corpus import sentences
 
             self._ids = [tokenizer.encode(" " + s, add_special_tokens=False) for s in sentences()]
 

@@ -15,8 +15,8 @@ from typing import Any
 import msgpack
 import numpy as np
 
-from baton_core.errors import HandoffMismatch
-from baton_core.params import SamplingParams
+from baton.core.errors import HandoffMismatch
+from baton.core.params import SamplingParams
 
 HEADER_VERSION = 1
 # numpy dtype that carries each torch dtype's bits.

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from baton_core.errors import ModelError
-from baton_core.params import ModelLimits
+from baton.core.errors import ModelError
+from baton.core.params import ModelLimits
 
 DEFAULT_MODEL = "smollm2-135m"
 _SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"

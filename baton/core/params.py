@@ -6,7 +6,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from baton_core.errors import ValidationError
+from baton.core.errors import ValidationError
 
 DEFAULT_MAX_TOKENS = 64
 

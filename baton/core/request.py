@@ -6,7 +6,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from baton_core.params import SamplingParams
+from baton.core.params import SamplingParams
 
 
 @dataclass(frozen=True)

@@ -6,10 +6,10 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from baton_core.errors import BatonError, ValidationError
-from baton_core.params import ModelLimits, SamplingParams, validate_request
-from baton_core.request import Completion, Request
-from baton_core.sampling import new_seed
+from baton.core.errors import BatonError, ValidationError
+from baton.core.params import ModelLimits, SamplingParams, validate_request
+from baton.core.request import Completion, Request
+from baton.core.sampling import new_seed
 
 PARAM_FIELDS = ("max_tokens", "temperature", "top_p", "top_k", "seed", "stop", "stop_token_ids", "ignore_eos")
 INPUT_FIELDS = ("prompt", "prompt_token_ids", "messages")

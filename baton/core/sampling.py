@@ -11,7 +11,7 @@ import random
 
 import torch
 
-from baton_core.params import SamplingParams
+from baton.core.params import SamplingParams
 
 _MASK64 = (1 << 64) - 1
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from baton_core.params import SamplingParams
+from baton.core.params import SamplingParams
 
 REPLACEMENT = "\ufffd"
 

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from bench.cpu import CpuWindow, tree_cpu_s
+from baton.bench.cpu import CpuWindow, tree_cpu_s
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 

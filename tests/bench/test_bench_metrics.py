@@ -6,9 +6,7 @@ import math
 
 import pytest
 
-from baton_core.params import SamplingParams
-from baton_core.request import Completion, Request
-from bench.metrics import (
+from baton.bench.metrics import (
     DecodeStats,
     Record,
     decode_figures,
@@ -19,7 +17,9 @@ from bench.metrics import (
     summarize,
     tpot,
 )
-from bench.systems import records_from_completions
+from baton.bench.systems import records_from_completions
+from baton.core.params import SamplingParams
+from baton.core.request import Completion, Request
 
 
 def test_percentile_linear_interpolation():

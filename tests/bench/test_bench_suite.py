@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from bench import suite
+from baton.bench import suite
 
 
 def test_add_parser_registers_bench():
@@ -66,7 +66,7 @@ def test_quick_run_end_to_end(tmp_path):
     data = json.loads((out / "suite_quick.json").read_text())
     meta, runs = data["meta"], data["runs"]
     assert meta["machine"]["cpu_count"] and meta["machine"]["torch"] and meta["machine"]["ray"]
-    assert meta["command"] and meta["rerun"].startswith(".venv/bin/python -m bench.suite --quick")
+    assert meta["command"] and meta["rerun"].startswith(".venv/bin/python -m baton.bench.suite --quick")
     systems = set(suite.DEFAULT_SYSTEMS)
     assert {r["system"] for r in runs} == systems
     points = {(p["rate"], p["cv"]) for p in meta["points"]}

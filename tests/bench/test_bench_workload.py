@@ -7,7 +7,14 @@ import math
 import numpy as np
 import pytest
 
-from bench.workload import LengthDist, PromptMaker, WorkloadSpec, generate, poisson_offsets, trace_summary
+from baton.bench.workload import (
+    LengthDist,
+    PromptMaker,
+    WorkloadSpec,
+    generate,
+    poisson_offsets,
+    trace_summary,
+)
 
 VOCAB = 1000
 

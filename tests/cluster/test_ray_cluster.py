@@ -9,8 +9,8 @@ from oracle import compare
 from queries import make_queries
 from ray_procs import wait_gone
 
-from baton_core.params import SamplingParams
-from baton_core.request import Request
+from baton.core.params import SamplingParams
+from baton.core.request import Request
 from cluster.ray_cluster import Cluster, ClusterConfig
 
 ray = pytest.importorskip("ray")

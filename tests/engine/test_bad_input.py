@@ -9,11 +9,11 @@ import sys
 import pytest
 from oracle import compare
 
-from baton_core.errors import ModelError, ValidationError
-from baton_core.models import load_model
-from cluster.config import EngineConfig
-from cluster.engine import run_specs
-from cluster.requests_io import parse_spec
+from baton.core.config import EngineConfig
+from baton.core.errors import ModelError, ValidationError
+from baton.core.models import load_model
+from baton.core.requests_io import parse_spec
+from baton.engine import run_specs
 
 BAD = [
     ({"prompt": ""}, "prompt"),
@@ -38,7 +38,7 @@ def _specs(objs):
         try:
             out.append(parse_spec(o, f"r{i}"))
         except ValidationError as e:
-            from baton_core.request import Completion
+            from baton.core.request import Completion
 
             out.append(Completion(o.get("id", f"r{i}"), error=str(e), error_field=e.field))
     return out
@@ -92,7 +92,7 @@ def test_cli_run_reports_bad_line_and_runs_the_rest(model_dir, tmp_path):
     inp = tmp_path / "in.jsonl"
     inp.write_text("\n".join(lines) + "\n")
     out = tmp_path / "out.jsonl"
-    proc = subprocess.run([sys.executable, "-m", "cluster.cli", "run", "--model", str(folder), "--requests",
+    proc = subprocess.run([sys.executable, "-m", "baton.cli", "run", "--model", str(folder), "--requests",
                            str(inp), "--out", str(out), "--max-seq-len", "300"],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr

@@ -6,8 +6,8 @@ import time
 
 from oracle import compare
 
-from baton_core.params import SamplingParams
-from baton_core.request import Request
+from baton.core.params import SamplingParams
+from baton.core.request import Request
 from decode_worker.batch import DecodeBatch
 from decode_worker.loop import DecodeLoop
 from prefill_worker.engine import PrefillEngine

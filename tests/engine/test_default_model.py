@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 from oracle import compare
 
-from baton_core.models import load_model
-from cluster.config import EngineConfig
-from cluster.engine import run_specs
-from cluster.requests_io import parse_spec
+from baton.core.config import EngineConfig
+from baton.core.models import load_model
+from baton.core.requests_io import parse_spec
+from baton.engine import run_specs
 
 
 @pytest.mark.slow

@@ -14,9 +14,9 @@ import torch
 from oracle import compare
 from queries import make_queries
 
-from baton_core.params import SamplingParams
-from baton_core.request import Request
-from cluster.policy import BatchState, Candidate, admit
+from baton.core.params import SamplingParams
+from baton.core.policy import BatchState, Candidate, admit
+from baton.core.request import Request
 from decode_worker.batch import DecodeBatch
 from prefill_worker.engine import PrefillEngine
 

@@ -8,10 +8,10 @@ import pytest
 from oracle import compare
 from queries import make_queries
 
-from baton_core.params import SamplingParams
-from cluster.config import EngineConfig
-from cluster.engine import LocalEngine
-from cluster.requests_io import RequestSpec, parse_spec
+from baton.core.config import EngineConfig
+from baton.core.params import SamplingParams
+from baton.core.requests_io import RequestSpec, parse_spec
+from baton.engine import LocalEngine
 
 
 def trace_of(reqs, seed=3, span=0.6):
@@ -58,7 +58,7 @@ def test_static_waits_for_empty_batch(tiny_lm):
 
 def test_seeded_sampling_same_alone_and_in_busy_batch(tiny_lm):
     lm = tiny_lm("qwen2")
-    from baton_core.request import Request
+    from baton.core.request import Request
 
     params = SamplingParams(max_tokens=24, temperature=0.9, top_p=0.95, top_k=50, seed=1234, ignore_eos=True)
     target = Request("sampled", tuple(range(5, 45)), params, seed=1234)
@@ -77,7 +77,7 @@ def test_seeded_sampling_same_alone_and_in_busy_batch(tiny_lm):
 
 def test_stop_rules(tiny_lm):
     lm = tiny_lm("llama")
-    from cluster.engine import run_specs
+    from baton.engine import run_specs
 
     base = {"prompt": "The quick brown fox", "max_tokens": 40, "ignore_eos": True}
     first, _ = run_specs(lm, EngineConfig(max_seq_len=300), [parse_spec(dict(base, id="a"), "a")])

@@ -20,10 +20,10 @@ from ports import free_port
 from queries import make_queries
 from ray_procs import wait_gone
 
+from baton.client import AsyncBatonClient, BatonClient
+from baton.core.config import EngineConfig
+from baton.engine import LocalEngine
 from baton.v1 import generation_pb2 as pb
-from cluster.client import AsyncBatonClient, BatonClient
-from cluster.config import EngineConfig
-from cluster.engine import LocalEngine
 from cluster.grpc_server import GrpcServer
 from cluster.ray_cluster import Cluster, ClusterConfig
 
@@ -273,7 +273,7 @@ def test_tls_round_trip(served):
 def test_cli_generate(served):
     env = dict(os.environ)
     env.pop("BATON_AUTH_TOKEN", None)
-    base = [sys.executable, "-m", "cluster.cli", "generate", "--server", served["target"]]
+    base = [sys.executable, "-m", "baton.cli", "generate", "--server", served["target"]]
     p = subprocess.run([*base, "The quick brown fox", "--max-tokens", "6", "--stream"], capture_output=True,
                        text=True, timeout=120, env=env)
     assert p.returncode == 0, p.stderr

@@ -16,8 +16,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from ports import free_port
 from ray_procs import ray_processes, wait_gone
 
+from baton.client import BatonClient
 from baton.v1 import generation_pb2 as pb
-from cluster.client import BatonClient
 
 
 @pytest.mark.slow
@@ -28,7 +28,7 @@ def test_serve_drains_on_sigterm(model_dir, tmp_path):
     env.pop("RAY_ADDRESS", None)
     env.pop("BATON_AUTH_TOKEN", None)
     log = open(tmp_path / "serve.log", "w")  # noqa: SIM115
-    proc = subprocess.Popen([sys.executable, "-m", "cluster.cli", "serve", "--model", str(model_dir("gpt2")),
+    proc = subprocess.Popen([sys.executable, "-m", "baton.cli", "serve", "--model", str(model_dir("gpt2")),
                              "--port", str(port), "--max-seq-len", "300", "--prefill-num-cpus", "1",
                              "--decode-num-cpus", "1", "--object-store-mb", "300", "--drain-grace", "60"],
                             stdout=log, stderr=subprocess.STDOUT, env=env)

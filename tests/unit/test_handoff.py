@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from baton_core.errors import HandoffMismatch
-from baton_core.handoff import (
+from baton.core.errors import HandoffMismatch
+from baton.core.handoff import (
     HEADER_VERSION,
     HandoffHeader,
     KVHandoff,
@@ -18,8 +18,8 @@ from baton_core.handoff import (
     kv_from_numpy,
     kv_to_numpy,
 )
-from baton_core.models import KVLayout
-from baton_core.params import SamplingParams
+from baton.core.models import KVLayout
+from baton.core.params import SamplingParams
 
 LAYOUT = KVLayout(num_layers=2, kv_heads=3, head_dim=4)
 PROMPT = [5, 9, 2, 7, 7]

@@ -11,8 +11,8 @@ import random
 import pytest
 import torch
 
-from baton_core.errors import CapacityError
-from baton_core.models import KVLayout
+from baton.core.errors import CapacityError
+from baton.core.models import KVLayout
 from decode_worker.kv_cache import BatonKVCache
 
 LAYOUT = KVLayout(num_layers=2, kv_heads=2, head_dim=4)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from baton_core.errors import ModelError
-from baton_core.models import DEFAULT_MODEL, KVLayout, LoadedModel, resolve_dtype, resolve_model
+from baton.core.errors import ModelError
+from baton.core.models import DEFAULT_MODEL, KVLayout, LoadedModel, resolve_dtype, resolve_model
 
 
 def test_kv_layout_bytes_per_token():

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from baton_core.errors import ValidationError
-from baton_core.params import DEFAULT_MAX_TOKENS, ModelLimits, SamplingParams, validate_request
+from baton.core.errors import ValidationError
+from baton.core.params import DEFAULT_MAX_TOKENS, ModelLimits, SamplingParams, validate_request
 
 LIMITS = ModelLimits(context_length=100, vocab_size=50, eos_token_ids=(1,))
 

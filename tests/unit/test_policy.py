@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from cluster.policy import BatchState, Candidate, admit, prefill_budget
+from baton.core.policy import BatchState, Candidate, admit, prefill_budget
 
 
 def state(live=0, free=4, window=0, capacity=100, max_remaining=0) -> BatchState:
@@ -22,7 +22,7 @@ def cands(*pairs) -> list[Candidate]:
 
 def test_module_is_pure():
     # The policy module documents itself as pure: importing it must not drag torch or Ray in.
-    code = "import sys, cluster.policy; print('torch' in sys.modules, 'ray' in sys.modules)"
+    code = "import sys, baton.core.policy; print('torch' in sys.modules, 'ray' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=Path(__file__).resolve().parents[2])
     assert out.stdout.split() == ["False", "False"]

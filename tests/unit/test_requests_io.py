@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from baton_core.errors import ValidationError
-from baton_core.params import SamplingParams
-from cluster.requests_io import parse_spec
+from baton.core.errors import ValidationError
+from baton.core.params import SamplingParams
+from baton.core.requests_io import parse_spec
 
 
 def test_minimal_prompt_defaults():

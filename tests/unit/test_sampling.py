@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from baton_core.params import SamplingParams
-from baton_core.sampling import _uniform, new_seed, sample_one, sample_rows
+from baton.core.params import SamplingParams
+from baton.core.sampling import _uniform, new_seed, sample_one, sample_rows
 
 PROBS = [0.1, 0.5, 0.15, 0.25]  # sorted by probability: 1, 3, 2, 0
 LOGITS = torch.log(torch.tensor(PROBS))
@@ -188,8 +188,8 @@ def test_frequencies_over_indices_of_one_seed():
 def test_top_p_applies_to_renormalised_top_k():
     import math
 
-    from baton_core.params import SamplingParams
-    from baton_core.sampling import sample_one
+    from baton.core.params import SamplingParams
+    from baton.core.sampling import sample_one
 
     # probs [0.4, 0.3, 0.3]; top_k=2 renormalises to [4/7, 3/7]: top_p=0.5 keeps only the first.
     logits = torch.tensor([math.log(0.4), math.log(0.3), math.log(0.3)])

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from baton_core.params import SamplingParams
-from baton_core.stopping import REPLACEMENT, IncrementalDetokenizer, OutputTracker
+from baton.core.params import SamplingParams
+from baton.core.stopping import REPLACEMENT, IncrementalDetokenizer, OutputTracker
 
 TEXTS = [
     "café 東京 🙂",
