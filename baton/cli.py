@@ -26,8 +26,11 @@ def _read_specs(path: str) -> list:
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as e:
-            specs.append(Completion(default_id, error=f"request: line {n} is not JSON ({e.msg})",
-                                    error_field="request"))
+            specs.append(
+                Completion(
+                    default_id, error=f"request: line {n} is not JSON ({e.msg})", error_field="request"
+                )
+            )
             continue
         try:
             specs.append(parse_spec(obj, default_id))
@@ -38,36 +41,58 @@ def _read_specs(path: str) -> list:
 
 
 def _add_engine_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default=DEFAULT_MODEL,
-                   help=f"local folder, hub id, or built-in name (default {DEFAULT_MODEL})")
+    p.add_argument(
+        "--model",
+        default=DEFAULT_MODEL,
+        help=f"local folder, hub id, or built-in name (default {DEFAULT_MODEL})",
+    )
     p.add_argument("--policy", default="baton", choices=POLICIES)
     p.add_argument("--max-batch-size", type=int, default=32)
     p.add_argument("--max-seq-len", type=int, default=2048, help="KV columns per row (prompt + output)")
-    p.add_argument("--max-prefill-tokens", type=int, default=0,
-                   help="padded prompt tokens per prefill forward (0: 256 on cpu, 4096 on cuda)")
+    p.add_argument(
+        "--max-prefill-tokens",
+        type=int,
+        default=0,
+        help="padded prompt tokens per prefill forward (0: 256 on cpu, 4096 on cuda)",
+    )
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="auto")
-    p.add_argument("--threads", type=int, default=0, help="in-process policies: total torch threads "
-                   "(0 = all cores)")
+    p.add_argument(
+        "--threads", type=int, default=0, help="in-process policies: total torch threads (0 = all cores)"
+    )
 
 
 def _add_cluster_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("Ray cluster (policy baton)")
-    g.add_argument("--ray-address", default=None, help="existing Ray cluster (default: $RAY_ADDRESS, else "
-                   "start a local Ray on 127.0.0.1)")
+    g.add_argument(
+        "--ray-address",
+        default=None,
+        help="existing Ray cluster (default: $RAY_ADDRESS, else start a local Ray on 127.0.0.1)",
+    )
     g.add_argument("--prefill-workers", type=int, default=1)
     g.add_argument("--decode-workers", type=int, default=1)
     for role in ("prefill", "decode"):
-        g.add_argument(f"--{role}-num-cpus", type=float, default=1.0, help=f"CPUs per {role} worker "
-                       "(its torch threads)")
-        g.add_argument(f"--{role}-num-gpus", type=float, default=None, help=f"GPUs per {role} worker "
-                       "(default 1 on cuda, 0 on cpu)")
-        g.add_argument(f"--{role}-resources", default=None, help=f"custom Ray resources per {role} worker, "
-                       f'JSON, e.g. \'{{"baton_{role}": 1}}\'')
+        g.add_argument(
+            f"--{role}-num-cpus", type=float, default=1.0, help=f"CPUs per {role} worker (its torch threads)"
+        )
+        g.add_argument(
+            f"--{role}-num-gpus",
+            type=float,
+            default=None,
+            help=f"GPUs per {role} worker (default 1 on cuda, 0 on cpu)",
+        )
+        g.add_argument(
+            f"--{role}-resources",
+            default=None,
+            help=f"custom Ray resources per {role} worker, JSON, e.g. '{{\"baton_{role}\": 1}}'",
+        )
     g.add_argument("--object-store-mb", type=int, default=2048, help="local Ray only: object store size")
     g.add_argument("--max-queue", type=int, default=1024, help="admission queue bound")
-    g.add_argument("--local", action="store_true", help="run policy baton in this process (prefill on a "
-                   "thread) instead of on Ray actors")
+    g.add_argument(
+        "--local",
+        action="store_true",
+        help="run policy baton in this process (prefill on a thread) instead of on Ray actors",
+    )
 
 
 def cluster_config(args: argparse.Namespace):
@@ -75,15 +100,23 @@ def cluster_config(args: argparse.Namespace):
 
     gpus = 1.0 if args.device.startswith("cuda") else 0.0
     return ClusterConfig(
-        model=args.model, device=args.device, dtype=args.dtype, prefill_workers=args.prefill_workers,
-        decode_workers=args.decode_workers, max_batch_size=args.max_batch_size, max_seq_len=args.max_seq_len,
-        max_prefill_tokens=args.max_prefill_tokens, max_queue=args.max_queue,
-        prefill_num_cpus=args.prefill_num_cpus, decode_num_cpus=args.decode_num_cpus,
+        model=args.model,
+        device=args.device,
+        dtype=args.dtype,
+        prefill_workers=args.prefill_workers,
+        decode_workers=args.decode_workers,
+        max_batch_size=args.max_batch_size,
+        max_seq_len=args.max_seq_len,
+        max_prefill_tokens=args.max_prefill_tokens,
+        max_queue=args.max_queue,
+        prefill_num_cpus=args.prefill_num_cpus,
+        decode_num_cpus=args.decode_num_cpus,
         prefill_num_gpus=gpus if args.prefill_num_gpus is None else args.prefill_num_gpus,
         decode_num_gpus=gpus if args.decode_num_gpus is None else args.decode_num_gpus,
         prefill_resources=parse_resources(args.prefill_resources, "prefill_resources"),
         decode_resources=parse_resources(args.decode_resources, "decode_resources"),
-        ray_address=args.ray_address, object_store_bytes=args.object_store_mb * 1024**2,
+        ray_address=args.ray_address,
+        object_store_bytes=args.object_store_mb * 1024**2,
     )
 
 
@@ -100,8 +133,11 @@ def _run_on_ray(args: argparse.Namespace, specs: list) -> tuple[list[Completion]
         st = cluster.decode_stats()
         blocked = max((s["stats"]["max_blocked_ms"] for s in st), default=0.0)
         steps = sum(s["stats"]["steps"] for s in st)
-        print(f"[baton] decode workers: {steps} steps, longest time a step waited on anything but its own "
-              f"work: {blocked:.3f} ms", file=sys.stderr)
+        print(
+            f"[baton] decode workers: {steps} steps, longest time a step waited on anything but its own "
+            f"work: {blocked:.3f} ms",
+            file=sys.stderr,
+        )
     return results, wall
 
 
@@ -109,9 +145,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     from baton.core.models import load_model
     from baton.engine import run_specs
 
-    cfg = EngineConfig(model=args.model, policy=args.policy, max_batch_size=args.max_batch_size,
-                       max_seq_len=args.max_seq_len, max_prefill_tokens=args.max_prefill_tokens,
-                       device=args.device, dtype=args.dtype, threads=args.threads)
+    cfg = EngineConfig(
+        model=args.model,
+        policy=args.policy,
+        max_batch_size=args.max_batch_size,
+        max_seq_len=args.max_seq_len,
+        max_prefill_tokens=args.max_prefill_tokens,
+        device=args.device,
+        dtype=args.dtype,
+        threads=args.threads,
+    )
     specs = _read_specs(args.requests)
     t0 = time.time()
     if cfg.policy == "baton" and not args.local:
@@ -119,13 +162,18 @@ def cmd_run(args: argparse.Namespace) -> int:
         stats_line = ""
     else:
         lm = load_model(cfg.model, cfg.device, cfg.dtype)
-        print(f"[baton] loaded {cfg.model} in {time.time() - t0:.1f} s; {len(specs)} requests, "
-              f"policy {cfg.policy} (in-process)", file=sys.stderr)
+        print(
+            f"[baton] loaded {cfg.model} in {time.time() - t0:.1f} s; {len(specs)} requests, "
+            f"policy {cfg.policy} (in-process)",
+            file=sys.stderr,
+        )
         t0 = time.time()
         results, stats = run_specs(lm, cfg, specs)
         wall = time.time() - t0
-        stats_line = (f"; {stats.steps} decode steps, stall {stats.stall_ms:.0f} ms, "
-                      f"padding share {stats.to_dict()['padding_share']:.2%}")
+        stats_line = (
+            f"; {stats.steps} decode steps, stall {stats.stall_ms:.0f} ms, "
+            f"padding share {stats.to_dict()['padding_share']:.2%}"
+        )
     out = sys.stdout if args.out == "-" else open(args.out, "w")  # noqa: SIM115
     try:
         for c in results:
@@ -135,15 +183,20 @@ def cmd_run(args: argparse.Namespace) -> int:
             out.close()
     ok = [c for c in results if c.error is None]
     toks = sum(len(c.token_ids) for c in ok)
-    print(f"[baton] {len(ok)} completed, {len(results) - len(ok)} rejected; {toks} tokens in {wall:.2f} s "
-          f"({toks / wall if wall else 0:.1f} tok/s){stats_line}", file=sys.stderr)
+    print(
+        f"[baton] {len(ok)} completed, {len(results) - len(ok)} rejected; {toks} tokens in {wall:.2f} s "
+        f"({toks / wall if wall else 0:.1f} tok/s){stats_line}",
+        file=sys.stderr,
+    )
     if args.show:
         for c in results:
             if c.error:
                 print(f"--- {c.request_id}: ERROR {c.error}")
             else:
-                print(f"--- {c.request_id} [{c.finish_reason}, {len(c.token_ids)} tokens, "
-                      f"ttft {c.timings['ttft']:.0f} ms]\n{c.text.strip()}")
+                print(
+                    f"--- {c.request_id} [{c.finish_reason}, {len(c.token_ids)} tokens, "
+                    f"ttft {c.timings['ttft']:.0f} ms]\n{c.text.strip()}"
+                )
     return 0
 
 
@@ -173,21 +226,36 @@ def cmd_serve(args: argparse.Namespace) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     try:
+
         async def make() -> GrpcServer:
             server = GrpcServer(cluster, args.model, args.host, args.port, token, cert, key)
             await server.start()
             return server
 
         server = cluster.call(make())
-        print(f"[baton] serving {args.model} on {args.host}:{server.port} (gRPC{', TLS' if cert else ''}"
-              f"{', auth' if token else ''}); health SERVING", file=sys.stderr, flush=True)
+        print(
+            f"[baton] serving {args.model} on {args.host}:{server.port} (gRPC{', TLS' if cert else ''}"
+            f"{', auth' if token else ''}); health SERVING",
+            file=sys.stderr,
+            flush=True,
+        )
         code = 0
         while not stop.wait(1.0):
-            if not cluster.router.healthy:  # workers lost (node gone, Ray down): let the supervisor restart us
-                print("[baton] error: no live prefill or decode worker left; exiting", file=sys.stderr, flush=True)
+            if (
+                not cluster.router.healthy
+            ):  # workers lost (node gone, Ray down): let the supervisor restart us
+                print(
+                    "[baton] error: no live prefill or decode worker left; exiting",
+                    file=sys.stderr,
+                    flush=True,
+                )
                 code = 1
                 break
-        print(f"[baton] draining (up to {args.drain_grace:.0f} s for in-flight calls)", file=sys.stderr, flush=True)
+        print(
+            f"[baton] draining (up to {args.drain_grace:.0f} s for in-flight calls)",
+            file=sys.stderr,
+            flush=True,
+        )
         cluster.call(server.drain(args.drain_grace))
     finally:
         cluster.shutdown()
@@ -202,10 +270,18 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     ca = Path(args.tls_ca).read_bytes() if args.tls_ca else None
     prompt = [int(t) for t in args.prompt.split(",")] if args.token_ids else args.prompt
-    kw = dict(max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
-              seed=args.seed, stop=args.stop or (), ignore_eos=args.ignore_eos)
-    with BatonClient(args.server, auth_token=_read_token(args), tls=args.tls, ca=ca,
-                     server_name=args.tls_server_name) as client:
+    kw = dict(
+        max_tokens=args.max_tokens,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        top_k=args.top_k,
+        seed=args.seed,
+        stop=args.stop or (),
+        ignore_eos=args.ignore_eos,
+    )
+    with BatonClient(
+        args.server, auth_token=_read_token(args), tls=args.tls, ca=ca, server_name=args.tls_server_name
+    ) as client:
         try:
             if args.stream:
                 last = None
@@ -223,8 +299,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
             return 1
     from baton.v1 import generation_pb2 as pb
 
-    print(f"[{pb.FinishReason.Name(last.finish_reason).lower()}; {last.usage.completion_tokens} tokens; "
-          f"ttft {last.timing.ttft_ms:.0f} ms; total {last.timing.total_ms:.0f} ms]", file=sys.stderr)
+    print(
+        f"[{pb.FinishReason.Name(last.finish_reason).lower()}; {last.usage.completion_tokens} tokens; "
+        f"ttft {last.timing.ttft_ms:.0f} ms; total {last.timing.total_ms:.0f} ms]",
+        file=sys.stderr,
+    )
     return 0
 
 
@@ -244,12 +323,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_cluster_args(serve)
     serve.add_argument("--host", default="127.0.0.1", help="bind address (0.0.0.0 in a container)")
     serve.add_argument("--port", type=int, default=50051)
-    serve.add_argument("--auth-token", default=None, help="require 'authorization: Bearer TOKEN' "
-                       "(default: $BATON_AUTH_TOKEN; off when empty)")
+    serve.add_argument(
+        "--auth-token",
+        default=None,
+        help="require 'authorization: Bearer TOKEN' (default: $BATON_AUTH_TOKEN; off when empty)",
+    )
     serve.add_argument("--auth-token-file", default=None, help="read the token from a file")
     serve.add_argument("--tls-cert", default=None, help="PEM certificate: serve TLS")
     serve.add_argument("--tls-key", default=None, help="PEM private key of --tls-cert")
-    serve.add_argument("--drain-grace", type=float, default=30.0, help="seconds in-flight calls get on SIGTERM")
+    serve.add_argument(
+        "--drain-grace", type=float, default=30.0, help="seconds in-flight calls get on SIGTERM"
+    )
     serve.set_defaults(func=cmd_serve)
 
     gen = sub.add_parser("generate", help="call a baton server")

@@ -13,13 +13,28 @@ from baton.v1 import generation_pb2_grpc as pb_grpc
 TOKEN_ENV = "BATON_AUTH_TOKEN"
 
 
-def build_request(prompt: str | Sequence[int], *, max_tokens: int | None = None, temperature: float | None = None,
-                  top_p: float | None = None, top_k: int | None = None, seed: int | None = None,
-                  stop: Sequence[str] = (), stop_token_ids: Sequence[int] = (), ignore_eos: bool = False,
-                  stream: bool = True, request_id: str = "") -> pb.GenerateRequest:
+def build_request(
+    prompt: str | Sequence[int],
+    *,
+    max_tokens: int | None = None,
+    temperature: float | None = None,
+    top_p: float | None = None,
+    top_k: int | None = None,
+    seed: int | None = None,
+    stop: Sequence[str] = (),
+    stop_token_ids: Sequence[int] = (),
+    ignore_eos: bool = False,
+    stream: bool = True,
+    request_id: str = "",
+) -> pb.GenerateRequest:
     s = pb.SamplingParams(stop=list(stop), stop_token_ids=list(stop_token_ids), ignore_eos=ignore_eos)
-    for name, v in (("max_tokens", max_tokens), ("temperature", temperature), ("top_p", top_p),
-                    ("top_k", top_k), ("seed", seed)):
+    for name, v in (
+        ("max_tokens", max_tokens),
+        ("temperature", temperature),
+        ("top_p", top_p),
+        ("top_k", top_k),
+        ("seed", seed),
+    ):
         if v is not None:
             setattr(s, name, v)
     req = pb.GenerateRequest(request_id=request_id, sampling=s, stream=stream)
@@ -48,13 +63,22 @@ class _Base:
 
 
 class BatonClient(_Base):
-    def __init__(self, target: str, auth_token: str | None = None, tls: bool = False, ca: bytes | None = None,
-                 server_name: str | None = None):
+    def __init__(
+        self,
+        target: str,
+        auth_token: str | None = None,
+        tls: bool = False,
+        ca: bytes | None = None,
+        server_name: str | None = None,
+    ):
         super().__init__(auth_token)
         creds = _credentials(tls, ca)
         opts = _options(server_name)
-        self.channel = (grpc.secure_channel(target, creds, options=opts) if creds
-                        else grpc.insecure_channel(target, options=opts))
+        self.channel = (
+            grpc.secure_channel(target, creds, options=opts)
+            if creds
+            else grpc.insecure_channel(target, options=opts)
+        )
         self.stub = pb_grpc.GenerationStub(self.channel)
 
     def generate(self, prompt, timeout: float | None = None, **kw) -> Iterator[pb.GenerateResponse]:
@@ -86,13 +110,22 @@ class BatonClient(_Base):
 
 
 class AsyncBatonClient(_Base):
-    def __init__(self, target: str, auth_token: str | None = None, tls: bool = False, ca: bytes | None = None,
-                 server_name: str | None = None):
+    def __init__(
+        self,
+        target: str,
+        auth_token: str | None = None,
+        tls: bool = False,
+        ca: bytes | None = None,
+        server_name: str | None = None,
+    ):
         super().__init__(auth_token)
         creds = _credentials(tls, ca)
         opts = _options(server_name)
-        self.channel = (grpc.aio.secure_channel(target, creds, options=opts) if creds
-                        else grpc.aio.insecure_channel(target, options=opts))
+        self.channel = (
+            grpc.aio.secure_channel(target, creds, options=opts)
+            if creds
+            else grpc.aio.insecure_channel(target, options=opts)
+        )
         self.stub = pb_grpc.GenerationStub(self.channel)
 
     def generate(self, prompt, timeout: float | None = None, **kw) -> AsyncIterator[pb.GenerateResponse]:

@@ -68,7 +68,9 @@ class LocalEngine:
     def _state(self) -> BatchState:
         rows = self.batch.rows
         return BatchState(
-            live_rows=len(rows), free_rows=self.batch.free_rows, window=self.batch.cache.length,
+            live_rows=len(rows),
+            free_rows=self.batch.free_rows,
+            window=self.batch.cache.length,
             capacity=self.limits.context_length,
             max_remaining=max((r.params.max_tokens - len(r.tracker.token_ids) for r in rows), default=0),
         )
@@ -90,8 +92,14 @@ class LocalEngine:
     def _insert(self, h: KVHandoff, now: float, live: bool) -> Completion | None:
         hd = h.header
         t = hd.timings
-        info = {"arrival": t["arrival"], "prefill_start": t["prefill_start"], "prefill_end": t["prefill_end"],
-                "first_token": t["prefill_end"], "inserted": now, "kv_bytes": h.nbytes}
+        info = {
+            "arrival": t["arrival"],
+            "prefill_start": t["prefill_start"],
+            "prefill_end": t["prefill_end"],
+            "first_token": t["prefill_end"],
+            "inserted": now,
+            "kv_bytes": h.nbytes,
+        }
         self.stats.kv_bytes += h.nbytes
         self.stats.joins_live += live
         fin = self.batch.insert(h, info)
@@ -135,15 +143,17 @@ class LocalEngine:
         def arrive(now: float) -> None:
             while pending and pending[0][1] <= now - t_start:
                 req, off = pending.popleft()
-                waiting.append(Request(req.request_id, req.prompt_token_ids, req.params, req.seed,
-                                       arrival=t_start + off))
+                waiting.append(
+                    Request(req.request_id, req.prompt_token_ids, req.params, req.seed, arrival=t_start + off)
+                )
 
         def prefill_loop() -> None:  # baton: the prefill side, on its own thread and cores
             torch.set_num_threads(max(1, threads // 2))
             while not stop.is_set():
                 with lock:
-                    budget = prefill_budget(ready.qsize(), in_flight[0], self.batch.free_rows,
-                                            self.cfg.prefill_ahead)
+                    budget = prefill_budget(
+                        ready.qsize(), in_flight[0], self.batch.free_rows, self.cfg.prefill_ahead
+                    )
                     take = [waiting.popleft() for _ in range(min(budget, len(waiting)))]
                     in_flight[0] += len(take)
                     if not take:
@@ -239,4 +249,3 @@ def run_specs(lm: LoadedModel, cfg: EngineConfig, specs: list[Any]) -> tuple[lis
     engine = LocalEngine(lm, cfg)
     batch = Batch(specs, lm.tokenizer, engine.limits)
     return batch.merge(engine.run(batch.trace)), engine.stats
-

@@ -40,21 +40,32 @@ def sampling_from_proto(s: pb.SamplingParams) -> SamplingParams:
         # float32 on the wire: keep validation's view of NaN and ranges, drop float32 noise.
         if name in kw and math.isfinite(kw[name]):
             kw[name] = float(f"{kw[name]:.7g}")
-    return SamplingParams(stop=tuple(s.stop), stop_token_ids=tuple(s.stop_token_ids),
-                          ignore_eos=s.ignore_eos, **kw)
+    return SamplingParams(
+        stop=tuple(s.stop), stop_token_ids=tuple(s.stop_token_ids), ignore_eos=s.ignore_eos, **kw
+    )
 
 
 def complete_to_proto(c: Completion, with_output: bool, seed: int) -> pb.Complete:
     t = c.timings
-    timing = pb.Timing(queue_ms=t.get("queue", 0.0), prefill_ms=t.get("prefill", 0.0),
-                       kv_transfer_ms=t.get("kv_transfer", 0.0), ttft_ms=t.get("ttft", 0.0),
-                       decode_ms=t.get("decode", 0.0), total_ms=t.get("total", 0.0),
-                       prefill_worker=t.get("prefill_worker", ""), decode_worker=t.get("decode_worker", ""),
-                       kv_bytes=int(t.get("kv_bytes", 0)))
-    return pb.Complete(finish_reason=FINISH.get(c.finish_reason or "", pb.FINISH_REASON_UNSPECIFIED),
-                       usage=pb.Usage(prompt_tokens=c.prompt_tokens, completion_tokens=len(c.token_ids)),
-                       timing=timing, token_ids=c.token_ids if with_output else [],
-                       text=c.text if with_output else "", seed=seed)
+    timing = pb.Timing(
+        queue_ms=t.get("queue", 0.0),
+        prefill_ms=t.get("prefill", 0.0),
+        kv_transfer_ms=t.get("kv_transfer", 0.0),
+        ttft_ms=t.get("ttft", 0.0),
+        decode_ms=t.get("decode", 0.0),
+        total_ms=t.get("total", 0.0),
+        prefill_worker=t.get("prefill_worker", ""),
+        decode_worker=t.get("decode_worker", ""),
+        kv_bytes=int(t.get("kv_bytes", 0)),
+    )
+    return pb.Complete(
+        finish_reason=FINISH.get(c.finish_reason or "", pb.FINISH_REASON_UNSPECIFIED),
+        usage=pb.Usage(prompt_tokens=c.prompt_tokens, completion_tokens=len(c.token_ids)),
+        timing=timing,
+        token_ids=c.token_ids if with_output else [],
+        text=c.text if with_output else "",
+        seed=seed,
+    )
 
 
 class GenerationService(pb_grpc.GenerationServicer):
@@ -74,8 +85,14 @@ class GenerationService(pb_grpc.GenerationServicer):
             which = request.WhichOneof("input")
             if which is None:
                 raise ValidationError("input", "give text or token_ids")
-            spec = RequestSpec(rid, 0.0, request.text if which == "text" else None,
-                               tuple(request.token_ids.ids) if which == "token_ids" else None, None, params)
+            spec = RequestSpec(
+                rid,
+                0.0,
+                request.text if which == "text" else None,
+                tuple(request.token_ids.ids) if which == "token_ids" else None,
+                None,
+                params,
+            )
             req = tokenize(spec, self.cluster.tokenizer, self.cluster.limits)
         except ValidationError as e:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
@@ -95,39 +112,67 @@ class GenerationService(pb_grpc.GenerationServicer):
                     finished = True
                     if item.error is not None:
                         await context.abort(grpc.StatusCode.UNAVAILABLE, item.error)
-                    yield pb.GenerateResponse(request_id=rid, complete=complete_to_proto(
-                        item, with_output=not request.stream, seed=req.seed))
+                    yield pb.GenerateResponse(
+                        request_id=rid,
+                        complete=complete_to_proto(item, with_output=not request.stream, seed=req.seed),
+                    )
                     return
                 if request.stream:
-                    yield pb.GenerateResponse(request_id=rid, chunk=pb.Chunk(token_ids=item.token_ids,
-                                                                             text=item.text))
+                    yield pb.GenerateResponse(
+                        request_id=rid, chunk=pb.Chunk(token_ids=item.token_ids, text=item.text)
+                    )
         finally:
             if not finished:  # cancelled, deadline passed, or the client went away: free the row
                 router.spawn(router.abort(rid))
 
     async def Abort(self, request: pb.AbortRequest, context):
         if not await self.router.abort(request.request_id):
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"request_id: {request.request_id!r} is not in flight")
+            await context.abort(
+                grpc.StatusCode.NOT_FOUND, f"request_id: {request.request_id!r} is not in flight"
+            )
         return pb.AbortResponse(aborted=True)
 
     async def GetModelInfo(self, request, context):
         lim = self.cluster.limits
         info = self.cluster.infos[0]
-        return pb.ModelInfo(name=self.model_name, context_length=lim.context_length, vocab_size=lim.vocab_size,
-                            eos_token_ids=list(lim.eos_token_ids), dtype=info["dtype"],
-                            fingerprint=info["fingerprint"])
+        return pb.ModelInfo(
+            name=self.model_name,
+            context_length=lim.context_length,
+            vocab_size=lim.vocab_size,
+            eos_token_ids=list(lim.eos_token_ids),
+            dtype=info["dtype"],
+            fingerprint=info["fingerprint"],
+        )
 
     async def GetServerInfo(self, request, context):
         s = self.router.server_info()
-        workers = [pb.WorkerInfo(worker_id=w["worker_id"], role="prefill",
-                                 outstanding_prompt_tokens=w["outstanding_tokens"]) for w in s["prefill"]]
+        workers = [
+            pb.WorkerInfo(
+                worker_id=w["worker_id"], role="prefill", outstanding_prompt_tokens=w["outstanding_tokens"]
+            )
+            for w in s["prefill"]
+        ]
         for w in s["decode"]:
-            workers.append(pb.WorkerInfo(
-                worker_id=w["worker_id"], role="decode", live_rows=w.get("rows", 0), max_rows=w["max_rows"],
-                waiting=w.get("waiting", 0), kv_bytes=w.get("kv_bytes", 0), kv_window=w.get("window", 0),
-                kv_capacity=w.get("capacity", 0), steps=w.get("stats", {}).get("steps", 0)))
-        return pb.ServerInfo(workers=workers, queue_depth=s["queue_depth"], in_prefill=s["in_prefill"],
-                             pending_decode=s["pending_decode"], serving=self.serving)
+            workers.append(
+                pb.WorkerInfo(
+                    worker_id=w["worker_id"],
+                    role="decode",
+                    live_rows=w.get("rows", 0),
+                    max_rows=w["max_rows"],
+                    waiting=w.get("waiting", 0),
+                    kv_bytes=w.get("kv_bytes", 0),
+                    kv_window=w.get("window", 0),
+                    kv_capacity=w.get("capacity", 0),
+                    steps=w.get("stats", {}).get("steps", 0),
+                )
+            )
+        return pb.ServerInfo(
+            workers=workers,
+            queue_depth=s["queue_depth"],
+            in_prefill=s["in_prefill"],
+            pending_decode=s["pending_decode"],
+            serving=self.serving,
+        )
 
 
 class _AuthInterceptor(grpc.aio.ServerInterceptor):
@@ -135,8 +180,9 @@ class _AuthInterceptor(grpc.aio.ServerInterceptor):
         self._expected = f"Bearer {token}".encode()
 
         async def deny(request, context):
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED,
-                                "authorization: missing or wrong bearer token")
+            await context.abort(
+                grpc.StatusCode.UNAUTHENTICATED, "authorization: missing or wrong bearer token"
+            )
 
         self._deny = grpc.unary_unary_rpc_method_handler(deny)
         self._deny_stream = grpc.unary_stream_rpc_method_handler(deny)
@@ -154,20 +200,32 @@ class _AuthInterceptor(grpc.aio.ServerInterceptor):
 class GrpcServer:
     """Owns the grpc.aio server; create and call its methods on the router's event loop."""
 
-    def __init__(self, cluster, model_name: str, host: str = "127.0.0.1", port: int = 50051,
-                 auth_token: str | None = None, tls_cert: bytes | None = None, tls_key: bytes | None = None):
+    def __init__(
+        self,
+        cluster,
+        model_name: str,
+        host: str = "127.0.0.1",
+        port: int = 50051,
+        auth_token: str | None = None,
+        tls_cert: bytes | None = None,
+        tls_key: bytes | None = None,
+    ):
         interceptors = [_AuthInterceptor(auth_token)] if auth_token else []
-        self.server = grpc.aio.server(interceptors=interceptors, options=[
-            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-        ])
+        self.server = grpc.aio.server(
+            interceptors=interceptors,
+            options=[
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ],
+        )
         self.service = GenerationService(cluster, model_name)
         pb_grpc.add_GenerationServicer_to_server(self.service, self.server)
         self.health = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
             (SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
-            self.server)
+            self.server,
+        )
         addr = f"{host}:{port}"
         if tls_cert and tls_key:
             self.port = self.server.add_secure_port(addr, grpc.ssl_server_credentials([(tls_key, tls_cert)]))

@@ -51,7 +51,13 @@ class ClusterConfig:
     def __post_init__(self) -> None:
         if self.max_prefill_tokens == 0:
             object.__setattr__(self, "max_prefill_tokens", default_prefill_tokens(self.device))
-        for name in ("prefill_workers", "decode_workers", "max_batch_size", "max_seq_len", "max_prefill_tokens"):
+        for name in (
+            "prefill_workers",
+            "decode_workers",
+            "max_batch_size",
+            "max_seq_len",
+            "max_prefill_tokens",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}: must be >= 1, got {getattr(self, name)}")
         if self.device.startswith("cuda") and (self.prefill_num_gpus <= 0 or self.decode_num_gpus <= 0):
@@ -85,19 +91,25 @@ def init_ray(cfg: ClusterConfig) -> bool:
     if address:
         ray.init(address=address, log_to_driver=True)
         return False
-    need = (cfg.prefill_workers * cfg.prefill_num_cpus + cfg.decode_workers * cfg.decode_num_cpus)
-    ray.init(num_cpus=cfg.ray_num_cpus or max(os.cpu_count() or 1, int(need + 0.999)),
-             object_store_memory=cfg.object_store_bytes, _node_ip_address="127.0.0.1",
-             include_dashboard=False, log_to_driver=True)
+    need = cfg.prefill_workers * cfg.prefill_num_cpus + cfg.decode_workers * cfg.decode_num_cpus
+    ray.init(
+        num_cpus=cfg.ray_num_cpus or max(os.cpu_count() or 1, int(need + 0.999)),
+        object_store_memory=cfg.object_store_bytes,
+        _node_ip_address="127.0.0.1",
+        include_dashboard=False,
+        log_to_driver=True,
+    )
     return True
 
 
 class Cluster:
     def __init__(self, cfg: ClusterConfig, router_cfg: RouterConfig | None = None):
         self.cfg = cfg
-        self.router_cfg = router_cfg or RouterConfig(max_queue=cfg.max_queue,
-                                                     max_prefill_tokens=cfg.max_prefill_tokens,
-                                                     prefill_ahead=cfg.prefill_ahead)
+        self.router_cfg = router_cfg or RouterConfig(
+            max_queue=cfg.max_queue,
+            max_prefill_tokens=cfg.max_prefill_tokens,
+            prefill_ahead=cfg.prefill_ahead,
+        )
         self.prefill_actors: list[Any] = []
         self.decode_actors: list[Any] = []
         self.infos: list[dict] = []
@@ -122,17 +134,28 @@ class Cluster:
         P = ray.remote(PrefillWorker)
         D = ray.remote(max_concurrency=8)(DecodeWorker)
         for i in range(cfg.prefill_workers):
-            self.prefill_actors.append(P.options(
-                name=None, num_cpus=cfg.prefill_num_cpus, num_gpus=cfg.prefill_num_gpus,
-                resources=cfg.prefill_resources or None,
-            ).remote(f"prefill-{i}", cfg.model, cfg.device, cfg.dtype, pt, cfg.max_prefill_tokens))
+            self.prefill_actors.append(
+                P.options(
+                    name=None,
+                    num_cpus=cfg.prefill_num_cpus,
+                    num_gpus=cfg.prefill_num_gpus,
+                    resources=cfg.prefill_resources or None,
+                ).remote(f"prefill-{i}", cfg.model, cfg.device, cfg.dtype, pt, cfg.max_prefill_tokens)
+            )
         for i in range(cfg.decode_workers):
-            self.decode_actors.append(D.options(
-                num_cpus=cfg.decode_num_cpus, num_gpus=cfg.decode_num_gpus,
-                resources=cfg.decode_resources or None,
-            ).remote(f"decode-{i}", cfg.model, cfg.device, cfg.dtype, dt, cfg.max_batch_size, cfg.max_seq_len))
-        log(f"[baton] starting {cfg.prefill_workers} prefill + {cfg.decode_workers} decode workers "
-            f"for {cfg.model} on {cfg.device}; waiting for every worker to load the model")
+            self.decode_actors.append(
+                D.options(
+                    num_cpus=cfg.decode_num_cpus,
+                    num_gpus=cfg.decode_num_gpus,
+                    resources=cfg.decode_resources or None,
+                ).remote(
+                    f"decode-{i}", cfg.model, cfg.device, cfg.dtype, dt, cfg.max_batch_size, cfg.max_seq_len
+                )
+            )
+        log(
+            f"[baton] starting {cfg.prefill_workers} prefill + {cfg.decode_workers} decode workers "
+            f"for {cfg.model} on {cfg.device}; waiting for every worker to load the model"
+        )
         try:
             self.infos = ray.get([a.info.remote() for a in self.prefill_actors + self.decode_actors])
         except Exception as e:
@@ -146,8 +169,10 @@ class Cluster:
         self.limits = ModelLimits(**lim).capped(cfg.max_seq_len)
         self.tokenizer = _load_tokenizer(cfg.model)
         slowest = max(i["startup_s"] for i in self.infos)
-        log(f"[baton] all {len(self.infos)} workers ready in {time.time() - t0:.1f} s "
-            f"(model load in the slowest worker: {slowest:.1f} s)")
+        log(
+            f"[baton] all {len(self.infos)} workers ready in {time.time() - t0:.1f} s "
+            f"(model load in the slowest worker: {slowest:.1f} s)"
+        )
 
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, name="baton-router", daemon=True)
@@ -155,8 +180,11 @@ class Cluster:
         rows = [i["load"]["max_rows"] for i in self.infos if i["role"] == "decode"]
 
         async def make() -> Router:
-            r = Router([(f"prefill-{i}", a) for i, a in enumerate(self.prefill_actors)],
-                       [(f"decode-{i}", a, rows[i]) for i, a in enumerate(self.decode_actors)], self.router_cfg)
+            r = Router(
+                [(f"prefill-{i}", a) for i, a in enumerate(self.prefill_actors)],
+                [(f"decode-{i}", a, rows[i]) for i, a in enumerate(self.decode_actors)],
+                self.router_cfg,
+            )
             await r.start()
             return r
 

@@ -179,11 +179,23 @@ class Router:
 
     def server_info(self) -> dict:
         return {
-            "queue_depth": len(self.waiting), "in_prefill": self.in_prefill, "pending_decode": len(self.pending),
-            "prefill": [{"worker_id": w.worker_id, "outstanding_tokens": w.outstanding_tokens, "calls": w.calls}
-                        for w in self.prefill],
-            "decode": [{"worker_id": w.worker_id, "assigned": w.assigned, "dead": w.dead, **w.load,
-                        "max_rows": w.max_rows} for w in self.decode],
+            "queue_depth": len(self.waiting),
+            "in_prefill": self.in_prefill,
+            "pending_decode": len(self.pending),
+            "prefill": [
+                {"worker_id": w.worker_id, "outstanding_tokens": w.outstanding_tokens, "calls": w.calls}
+                for w in self.prefill
+            ],
+            "decode": [
+                {
+                    "worker_id": w.worker_id,
+                    "assigned": w.assigned,
+                    "dead": w.dead,
+                    **w.load,
+                    "max_rows": w.max_rows,
+                }
+                for w in self.decode
+            ],
         }
 
     # ------------------------------------------------------------------ prefill side
@@ -195,8 +207,9 @@ class Router:
             await self._wake.wait()
             self._wake.clear()
             while self.waiting:
-                budget = prefill_budget(len(self.pending), self.in_prefill, self._decode_free(),
-                                        self.cfg.prefill_ahead)
+                budget = prefill_budget(
+                    len(self.pending), self.in_prefill, self._decode_free(), self.cfg.prefill_ahead
+                )
                 idle = [w for w in self.prefill if not w.dead and w.calls < self.cfg.prefill_calls_per_worker]
                 if budget <= 0 or not idle:
                     break
@@ -351,7 +364,14 @@ class Router:
             "prefill_worker": st.prefill_worker,
             "decode_worker": st.decode_worker,
         }
-        c = Completion(st.req.request_id, list(st.tokens), "".join(st.text), reason, st.req.prompt_len, timings,
-                       error=error)
+        c = Completion(
+            st.req.request_id,
+            list(st.tokens),
+            "".join(st.text),
+            reason,
+            st.req.prompt_len,
+            timings,
+            error=error,
+        )
         st.out.put_nowait(c)
         self.states.pop(st.req.request_id, None)

@@ -17,8 +17,16 @@ class DecodeWorker:
     """Wrapped with ``ray.remote(max_concurrency=...)`` by the launcher: methods run in threads
     beside the step loop, so fetching a handoff never stalls a decode step."""
 
-    def __init__(self, worker_id: str, model: str, device: str, dtype: str, threads: int,
-                 max_batch_size: int, max_seq_len: int):
+    def __init__(
+        self,
+        worker_id: str,
+        model: str,
+        device: str,
+        dtype: str,
+        threads: int,
+        max_batch_size: int,
+        max_seq_len: int,
+    ):
         from baton.core.models import load_model
         from decode_worker.batch import DecodeBatch
         from decode_worker.loop import DecodeLoop
@@ -33,9 +41,16 @@ class DecodeWorker:
         self.startup_s = time.time() - t0
 
     def info(self) -> dict[str, Any]:
-        return {"worker_id": self.worker_id, "role": "decode", "startup_s": round(self.startup_s, 3),
-                "pid": os.getpid(), "host": socket.gethostname(), "node_id": ray.get_runtime_context().get_node_id(),
-                "load": self.loop.load(), **self.lm.describe()}
+        return {
+            "worker_id": self.worker_id,
+            "role": "decode",
+            "startup_s": round(self.startup_s, 3),
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "node_id": ray.get_runtime_context().get_node_id(),
+            "load": self.loop.load(),
+            **self.lm.describe(),
+        }
 
     def submit(self, header_bytes: bytes, kv_refs: list, meta: dict) -> None:
         """Take a handoff: fetch its KV from the object store (in this method's thread), queue it."""

@@ -107,8 +107,18 @@ class DecodeBatch:
         kv = kv_from_numpy(handoff.kv, h.dtype, self.lm.device)
         self.cache.grow_left(h.prompt_len)
         self.cache.add_row(kv)
-        self.rows.append(Row(h.request_id, h.prompt_len, params, h.seed, tracker, pos=h.prompt_len,
-                             next_token=h.first_token, info=info))
+        self.rows.append(
+            Row(
+                h.request_id,
+                h.prompt_len,
+                params,
+                h.seed,
+                tracker,
+                pos=h.prompt_len,
+                next_token=h.first_token,
+                info=info,
+            )
+        )
         return None
 
     # ------------------------------------------------------------------ the step
@@ -167,9 +177,18 @@ class DecodeBatch:
 
         for j, req in enumerate(prompts):
             info = dict(infos[j]) if infos else {}
-            self.rows.append(Row(req.request_id, req.prompt_len, req.params, req.seed,
-                                 self._tracker(req.params, list(req.prompt_token_ids)), pos=req.prompt_len,
-                                 next_token=-1, info=info))
+            self.rows.append(
+                Row(
+                    req.request_id,
+                    req.prompt_len,
+                    req.params,
+                    req.seed,
+                    self._tracker(req.params, list(req.prompt_token_ids)),
+                    pos=req.prompt_len,
+                    next_token=-1,
+                    info=info,
+                )
+            )
         for i in range(n_old):
             self.rows[i].pos += 1
 
@@ -197,8 +216,9 @@ class DecodeBatch:
             self.rows[i] = self.rows[moved]
         self.rows.pop()
         t = row.tracker
-        return Finished(row.request_id, t.token_ids, t.text, t.finish_reason or "length", row.prompt_len,
-                        row.info)
+        return Finished(
+            row.request_id, t.token_ids, t.text, t.finish_reason or "length", row.prompt_len, row.info
+        )
 
     def abort(self, request_id: str) -> Finished | None:
         """Remove a request's row now (cancelled by its client). Returns None if it is not here."""

@@ -67,8 +67,14 @@ class _WindowLayer(CacheLayerMixin):
 class BatonKVCache(Cache):
     """KV buffers of one decode batch. Owned by exactly one decode worker; no other code writes it."""
 
-    def __init__(self, layout: KVLayout, max_rows: int, capacity: int, dtype: torch.dtype,
-                 device: torch.device | str = "cpu"):
+    def __init__(
+        self,
+        layout: KVLayout,
+        max_rows: int,
+        capacity: int,
+        dtype: torch.dtype,
+        device: torch.device | str = "cpu",
+    ):
         if max_rows < 1:
             raise ValueError("max_rows must be >= 1")
         if capacity < 2:

@@ -84,8 +84,12 @@ class DecodeLoop:
                     break
                 self._cond.wait(left)
             events, self._events = self._events, []
-            return {"worker_id": self.worker_id, "events": events, "load": self._load_locked(),
-                    "error": self._error}
+            return {
+                "worker_id": self.worker_id,
+                "events": events,
+                "load": self._load_locked(),
+                "error": self._error,
+            }
 
     def load(self) -> dict:
         with self._cond:
@@ -93,9 +97,15 @@ class DecodeLoop:
 
     def _load_locked(self) -> dict:
         b = self.batch
-        return {"rows": len(b.rows), "max_rows": b.max_rows, "waiting": len(self._inbox),
-                "window": b.cache.length, "capacity": b.capacity, "kv_bytes": b.cache.nbytes(),
-                "stats": self.stats.to_dict()}
+        return {
+            "rows": len(b.rows),
+            "max_rows": b.max_rows,
+            "waiting": len(self._inbox),
+            "window": b.cache.length,
+            "capacity": b.capacity,
+            "kv_bytes": b.cache.nbytes(),
+            "stats": self.stats.to_dict(),
+        }
 
     def stop(self, timeout: float = 10.0) -> None:
         self._stop.set()
@@ -176,8 +186,9 @@ class DecodeLoop:
                 s.padding_cells += res.padding_cells
                 s.attended_cells += res.rows * res.width
                 event["tokens"] = [[rid, tok, delta] for rid, tok, delta in res.emitted]
-                event["finished"] += [[f.request_id, f.finish_reason, len(f.token_ids), f.text]
-                                      for f in res.finished]
+                event["finished"] += [
+                    [f.request_id, f.finish_reason, len(f.token_ids), f.text] for f in res.finished
+                ]
                 event["t"] = time.time()
             if event["tokens"] or event["finished"] or event["inserted"] or event["errors"]:
                 self._emit(event)

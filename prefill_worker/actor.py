@@ -17,8 +17,9 @@ from baton.core.threads import configure_threads
 class PrefillWorker:
     """Wrapped with ``ray.remote`` by the launcher (resources are chosen there)."""
 
-    def __init__(self, worker_id: str, model: str, device: str, dtype: str, threads: int,
-                 max_prefill_tokens: int):
+    def __init__(
+        self, worker_id: str, model: str, device: str, dtype: str, threads: int, max_prefill_tokens: int
+    ):
         from baton.core.models import load_model
         from prefill_worker.engine import PrefillEngine
 
@@ -30,9 +31,16 @@ class PrefillWorker:
         self.startup_s = time.time() - t0
 
     def info(self) -> dict[str, Any]:
-        return {"worker_id": self.worker_id, "role": "prefill", "startup_s": round(self.startup_s, 3),
-                "pid": os.getpid(), "host": socket.gethostname(), "node_id": ray.get_runtime_context().get_node_id(),
-                "threads": torch.get_num_threads(), **self.lm.describe()}
+        return {
+            "worker_id": self.worker_id,
+            "role": "prefill",
+            "startup_s": round(self.startup_s, 3),
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "node_id": ray.get_runtime_context().get_node_id(),
+            "threads": torch.get_num_threads(),
+            **self.lm.describe(),
+        }
 
     def prefill(self, requests: list[Request]) -> list[tuple[bytes, list | None, int]]:
         """Prefill a batch; each query's KV array is put in the object store by this worker.

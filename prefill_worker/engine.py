@@ -82,12 +82,14 @@ class PrefillEngine:
         for batch in self.plan_batches(requests):
             t0 = time.time()
             kvs, logits = self.forward(batch)
-            firsts = sample_rows(logits.float(), [r.params for r in batch], [r.seed for r in batch],
-                                 [0] * len(batch))
+            firsts = sample_rows(
+                logits.float(), [r.params for r in batch], [r.seed for r in batch], [0] * len(batch)
+            )
             t1 = time.time()
             for r, kv, tok in zip(batch, kvs, firsts, strict=True):
-                tracker = OutputTracker(r.params, self.lm.limits.eos_token_ids, self.lm.tokenizer,
-                                        list(r.prompt_token_ids))
+                tracker = OutputTracker(
+                    r.params, self.lm.limits.eos_token_ids, self.lm.tokenizer, list(r.prompt_token_ids)
+                )
                 finish = tracker.push(tok)
                 header = HandoffHeader(
                     request_id=r.request_id,
@@ -100,8 +102,12 @@ class PrefillEngine:
                     shape=tuple(kv.shape),
                     finish_reason=finish,
                     first_text=tracker.take_text_delta(),
-                    timings={"arrival": r.arrival, "prefill_start": t0, "prefill_end": t1,
-                             "prefill_batch": len(batch)},
+                    timings={
+                        "arrival": r.arrival,
+                        "prefill_start": t0,
+                        "prefill_end": t1,
+                        "prefill_batch": len(batch),
+                    },
                 )
                 handoffs.append(KVHandoff(header.to_bytes(), None if finish else kv_to_numpy(kv)))
         return handoffs

@@ -1,6 +1,6 @@
 """Regenerate the Python stubs of protos/ into the `baton` package (committed; a test checks they are fresh).
 
-    python protos/generate.py [OUT_DIR]
+python protos/generate.py [OUT_DIR]
 """
 
 from __future__ import annotations
@@ -17,8 +17,16 @@ def generate(out: Path) -> None:
 
     out.mkdir(parents=True, exist_ok=True)
     for p in PROTOS:
-        code = protoc.main(["grpc_tools.protoc", f"-I{ROOT}", f"--python_out={out}", f"--pyi_out={out}",
-                            f"--grpc_python_out={out}", str(ROOT / p)])
+        code = protoc.main(
+            [
+                "grpc_tools.protoc",
+                f"-I{ROOT}",
+                f"--python_out={out}",
+                f"--pyi_out={out}",
+                f"--grpc_python_out={out}",
+                str(ROOT / p),
+            ]
+        )
         if code != 0:
             raise SystemExit(f"protoc failed on {p}")
 

@@ -12,11 +12,16 @@ def reference(lm, prompt: list[int], max_tokens: int, ignore_eos: bool = False):
     """Greedy tokens of ``generate`` on this query alone, and its raw logits per step."""
     eos = None if ignore_eos else list(lm.limits.eos_token_ids)
     out = lm.model.generate(
-        torch.tensor([prompt]), attention_mask=torch.ones((1, len(prompt)), dtype=torch.long),
-        max_new_tokens=max_tokens, do_sample=False, eos_token_id=eos, pad_token_id=0,
-        output_logits=True, return_dict_in_generate=True,
+        torch.tensor([prompt]),
+        attention_mask=torch.ones((1, len(prompt)), dtype=torch.long),
+        max_new_tokens=max_tokens,
+        do_sample=False,
+        eos_token_id=eos,
+        pad_token_id=0,
+        output_logits=True,
+        return_dict_in_generate=True,
     )
-    return out.sequences[0, len(prompt):].tolist(), [lg[0] for lg in out.logits]
+    return out.sequences[0, len(prompt) :].tolist(), [lg[0] for lg in out.logits]
 
 
 def compare(lm, prompt: list[int], got: list[int], max_tokens: int, ignore_eos: bool = False) -> str:

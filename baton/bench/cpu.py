@@ -36,7 +36,7 @@ def _procs() -> dict[int, tuple[int, float]]:
             stat = (d / "stat").read_text()
         except OSError:
             continue
-        rest = stat[stat.rfind(")") + 2:].split()  # fields after "(comm)", from field 3 (state)
+        rest = stat[stat.rfind(")") + 2 :].split()  # fields after "(comm)", from field 3 (state)
         try:
             ppid = int(rest[1])
             cpu = sum(int(x) for x in rest[11:15]) / _TICK  # utime stime cutime cstime
@@ -80,4 +80,9 @@ class CpuWindow:
             return {"wall_s": wall, "busy_cores": None, "own_cores": None, "background_cores": None}
         busy = (busy1 - self.busy0) / wall
         own = (own1 - self.own0) / wall
-        return {"wall_s": wall, "busy_cores": busy, "own_cores": own, "background_cores": max(0.0, busy - own)}
+        return {
+            "wall_s": wall,
+            "busy_cores": busy,
+            "own_cores": own,
+            "background_cores": max(0.0, busy - own),
+        }

@@ -52,9 +52,15 @@ def object_store_table(kv_bytes_per_token: int, lengths: list[int], repeats: int
                 ray.get(touch.remote(ref))
                 ts.append((time.perf_counter() - t0) * 1e3)
             out[kind] = statistics.median(ts)
-        rows.append({"prompt_len": p, "bytes": arr.nbytes, "numpy_ms": out["numpy"],
-                     "torch_pickled_ms": out["torch-pickled"],
-                     "numpy_GBps": arr.nbytes / out["numpy"] / 1e6})
+        rows.append(
+            {
+                "prompt_len": p,
+                "bytes": arr.nbytes,
+                "numpy_ms": out["numpy"],
+                "torch_pickled_ms": out["torch-pickled"],
+                "numpy_GBps": arr.nbytes / out["numpy"] / 1e6,
+            }
+        )
     return rows
 
 
@@ -72,8 +78,9 @@ def main(argv: list[str] | None = None) -> int:
     from baton.core.request import Request
     from cluster.ray_cluster import Cluster, ClusterConfig
 
-    cfg = ClusterConfig(model=args.model, max_batch_size=8, max_seq_len=max(lengths) + 8,
-                        object_store_bytes=1 << 30)
+    cfg = ClusterConfig(
+        model=args.model, max_batch_size=8, max_seq_len=max(lengths) + 8, object_store_bytes=1 << 30
+    )
     table = []
     with Cluster(cfg).start(log=lambda m: print(m, file=sys.stderr)) as cluster:
         vocab = cluster.limits.vocab_size
@@ -82,8 +89,9 @@ def main(argv: list[str] | None = None) -> int:
             trace = []
             for i in range(args.n + 2):
                 ids = tuple(int(t) for t in rng.integers(100, vocab - 1, size=p))
-                trace.append((Request(f"h{p}-{i}", ids, SamplingParams(max_tokens=2, ignore_eos=True), seed=i),
-                              0.0))
+                trace.append(
+                    (Request(f"h{p}-{i}", ids, SamplingParams(max_tokens=2, ignore_eos=True), seed=i), 0.0)
+                )
             done = []
             for i, item in enumerate(trace):  # one at a time: nothing else competes with the handoff
                 c = cluster.run_trace([item])[0]
@@ -92,27 +100,42 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"\r  prompt {p}: {i + 1}/{len(trace)}", end="", file=sys.stderr)
             print(file=sys.stderr)
             xfer = [c.timings["kv_transfer"] for c in done]
-            table.append({"prompt_len": p, "kv_bytes": done[0].timings["kv_bytes"],
-                          "kv_transfer_ms_p50": statistics.median(xfer), "kv_transfer_ms_p99": pct(xfer, 0.99),
-                          "prefill_ms_p50": statistics.median(c.timings["prefill"] for c in done),
-                          "ttft_ms_p50": statistics.median(c.timings["ttft"] for c in done)})
+            table.append(
+                {
+                    "prompt_len": p,
+                    "kv_bytes": done[0].timings["kv_bytes"],
+                    "kv_transfer_ms_p50": statistics.median(xfer),
+                    "kv_transfer_ms_p99": pct(xfer, 0.99),
+                    "prefill_ms_p50": statistics.median(c.timings["prefill"] for c in done),
+                    "ttft_ms_p50": statistics.median(c.timings["ttft"] for c in done),
+                }
+            )
         bpt = table[0]["kv_bytes"] // lengths[0]
         store = object_store_table(bpt, lengths, repeats=10)
-    result = {"command": " ".join(["python -m baton.bench.handoff_bench", *(argv or sys.argv[1:])]),
-              "model": args.model, "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
-              "date": time.strftime("%Y-%m-%d %H:%M:%S"), "handoff": table, "object_store": store}
+    result = {
+        "command": " ".join(["python -m baton.bench.handoff_bench", *(argv or sys.argv[1:])]),
+        "model": args.model,
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "handoff": table,
+        "object_store": store,
+    }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2))
     print("\n| prompt tokens | KV bytes | kv_transfer p50 ms | p99 ms | prefill p50 ms | TTFT p50 ms |")
     print("|---:|---:|---:|---:|---:|---:|")
     for r in table:
-        print(f"| {r['prompt_len']} | {r['kv_bytes']:,} | {r['kv_transfer_ms_p50']:.1f} | "
-              f"{r['kv_transfer_ms_p99']:.1f} | {r['prefill_ms_p50']:.1f} | {r['ttft_ms_p50']:.1f} |")
+        print(
+            f"| {r['prompt_len']} | {r['kv_bytes']:,} | {r['kv_transfer_ms_p50']:.1f} | "
+            f"{r['kv_transfer_ms_p99']:.1f} | {r['prefill_ms_p50']:.1f} | {r['ttft_ms_p50']:.1f} |"
+        )
     print("\n| prompt tokens | bytes | object store, numpy view ms | pickled torch tensor ms | numpy GB/s |")
     print("|---:|---:|---:|---:|---:|")
     for r in store:
-        print(f"| {r['prompt_len']} | {r['bytes']:,} | {r['numpy_ms']:.2f} | {r['torch_pickled_ms']:.2f} | "
-              f"{r['numpy_GBps']:.1f} |")
+        print(
+            f"| {r['prompt_len']} | {r['bytes']:,} | {r['numpy_ms']:.2f} | {r['torch_pickled_ms']:.2f} | "
+            f"{r['numpy_GBps']:.1f} |"
+        )
     return 0
 
 

@@ -94,8 +94,9 @@ def meets_slo(r: Record, slo_ttft_ms: float | None, slo_tpot_ms: float | None) -
     return not (slo_tpot_ms is not None and t is not None and t > slo_tpot_ms)
 
 
-def summarize(records: Sequence[Record], slo_ttft_ms: float | None = None,
-              slo_tpot_ms: float | None = None) -> dict[str, Any]:
+def summarize(
+    records: Sequence[Record], slo_ttft_ms: float | None = None, slo_tpot_ms: float | None = None
+) -> dict[str, Any]:
     """Throughput, latency, TTFT, TPOT, goodput and KV handoff figures of one run."""
     ok = [r for r in records if r.ok]
     span = makespan_s(records)
@@ -156,9 +157,18 @@ def decode_figures(s: DecodeStats | None) -> dict[str, Any]:
     """Occupancy, mean step shape, idle computation share and KV padding share (see module doc)."""
     nan = math.nan
     if s is None or s.steps == 0:
-        return {"steps": s.steps if s else None, "mean_rows": nan, "mean_width": nan, "mean_step_ms": nan,
-                "mean_forward_ms": nan, "stall_ms": s.stall_ms if s else nan, "stalled_row_steps": nan,
-                "idle_share": nan, "pad_share": nan, "kv_padding_share": nan}
+        return {
+            "steps": s.steps if s else None,
+            "mean_rows": nan,
+            "mean_width": nan,
+            "mean_step_ms": nan,
+            "mean_forward_ms": nan,
+            "stall_ms": s.stall_ms if s else nan,
+            "stalled_row_steps": nan,
+            "idle_share": nan,
+            "pad_share": nan,
+            "kv_padding_share": nan,
+        }
     rows = s.token_row_steps / s.steps
     step_ms = (s.step_ms if s.step_ms is not None else s.forward_ms) / s.steps
     stalled = s.stall_ms / step_ms * rows if step_ms > 0 else 0.0

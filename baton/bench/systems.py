@@ -46,9 +46,9 @@ NOTES = {
     "orca": "prompts ride in the batch's forward, running rows padded to the prompt; 2 threads",
     "static": "run to completion (batch takes queries only when empty; finished rows leave); 2 threads",
     "hf-static": "transformers generate on static batches of arrived requests, left-padded, run to the "
-                 "batch's longest output; times from a streamer (each request done at its own last token)",
+    "batch's longest output; times from a streamer (each request done at its own last token)",
     "hf-cb": "transformers continuous batching manager (paged KV), requests added at their arrival; "
-             "TTFT from its token timestamps",
+    "TTFT from its token timestamps",
     "vllm": "vLLM CPU (AsyncLLM, float32, eager), requests submitted at their arrival, streamed",
 }
 
@@ -83,9 +83,18 @@ def records_from_completions(trace: Trace, completions: list[Completion]) -> lis
             continue
         t = c.timings
         kvb = t.get("kv_bytes") or None
-        out.append(Record(req.request_id, off, float(t["ttft"]), float(t["total"]), len(c.token_ids),
-                          kv_transfer_ms=float(t["kv_transfer"]) if kvb and "kv_transfer" in t else None,
-                          kv_bytes=kvb, ok=len(c.token_ids) == req.params.max_tokens))
+        out.append(
+            Record(
+                req.request_id,
+                off,
+                float(t["ttft"]),
+                float(t["total"]),
+                len(c.token_ids),
+                kv_transfer_ms=float(t["kv_transfer"]) if kvb and "kv_transfer" in t else None,
+                kv_bytes=kvb,
+                ok=len(c.token_ids) == req.params.max_tokens,
+            )
+        )
     return out
 
 
@@ -123,14 +132,27 @@ class BatonRay(System):
         self._ray_owned = False
         if not ray.is_initialized():
             # Started here (not by Cluster) only to keep the workers' logs out of the progress bar.
-            ray.init(num_cpus=max(os.cpu_count() or 1, 2), object_store_memory=1 << 30,
-                     _node_ip_address="127.0.0.1", include_dashboard=False, log_to_driver=False)
+            ray.init(
+                num_cpus=max(os.cpu_count() or 1, 2),
+                object_store_memory=1 << 30,
+                _node_ip_address="127.0.0.1",
+                include_dashboard=False,
+                log_to_driver=False,
+            )
             self._ray_owned = True
         cfg = self.cfg
-        self.cluster = Cluster(ClusterConfig(
-            model=cfg.model, prefill_workers=1, decode_workers=1, prefill_num_cpus=1, decode_num_cpus=1,
-            max_batch_size=cfg.max_batch_size, max_seq_len=cfg.max_seq_len, object_store_bytes=1 << 30,
-        ))
+        self.cluster = Cluster(
+            ClusterConfig(
+                model=cfg.model,
+                prefill_workers=1,
+                decode_workers=1,
+                prefill_num_cpus=1,
+                decode_num_cpus=1,
+                max_batch_size=cfg.max_batch_size,
+                max_seq_len=cfg.max_seq_len,
+                object_store_bytes=1 << 30,
+            )
+        )
         try:
             self.cluster.start(log=lambda m: None)
             super().setup(warmup)
@@ -147,11 +169,21 @@ class BatonRay(System):
         after = c.decode_stats()[0]["stats"]
         d = diff_counters(after, before)
         dec = DecodeStats(
-            steps=d["steps"], row_steps=d["row_steps"], token_row_steps=d["row_steps"], pad_row_steps=0,
-            forward_ms=d["forward_ms"], step_ms=d["step_ms"], stall_ms=d["blocked_ms"],
-            padding_cells=d["padding_cells"], attended_cells=d["attended_cells"],
-            extra={"insert_ms": d["insert_ms"], "inserted": d["inserted"], "kv_bytes_in": d["kv_bytes_in"],
-                   "max_blocked_ms_so_far": after["max_blocked_ms"]},
+            steps=d["steps"],
+            row_steps=d["row_steps"],
+            token_row_steps=d["row_steps"],
+            pad_row_steps=0,
+            forward_ms=d["forward_ms"],
+            step_ms=d["step_ms"],
+            stall_ms=d["blocked_ms"],
+            padding_cells=d["padding_cells"],
+            attended_cells=d["attended_cells"],
+            extra={
+                "insert_ms": d["insert_ms"],
+                "inserted": d["inserted"],
+                "kv_bytes_in": d["kv_bytes_in"],
+                "max_blocked_ms_so_far": after["max_blocked_ms"],
+            },
         )
         return RunResult(records_from_completions(trace, completions), dec, self.decode_threads, wall)
 
@@ -180,19 +212,36 @@ class LocalPolicy(System):
         from baton.engine import LocalEngine
 
         cfg = self.cfg
-        eng = LocalEngine(self.lm, EngineConfig(model=cfg.model, policy=self.policy,
-                                                max_batch_size=cfg.max_batch_size, max_seq_len=cfg.max_seq_len,
-                                                threads=cfg.threads))
+        eng = LocalEngine(
+            self.lm,
+            EngineConfig(
+                model=cfg.model,
+                policy=self.policy,
+                max_batch_size=cfg.max_batch_size,
+                max_seq_len=cfg.max_seq_len,
+                threads=cfg.threads,
+            ),
+        )
         t0 = time.time()
         completions = eng.run(trace)
         wall = time.time() - t0
         st = eng.stats
         dec = DecodeStats(
-            steps=st.steps, row_steps=st.row_steps, token_row_steps=sum(r for r, _, _, _ in st.step_log),
-            pad_row_steps=st.pad_row_steps, forward_ms=st.forward_ms, step_ms=None, stall_ms=st.stall_ms,
-            padding_cells=st.padding_cells, attended_cells=st.attended_cells,
-            extra={"prefill_ms": st.prefill_ms, "prefills": st.prefills, "joins_live": st.joins_live,
-                   "kv_bytes": st.kv_bytes},
+            steps=st.steps,
+            row_steps=st.row_steps,
+            token_row_steps=sum(r for r, _, _, _ in st.step_log),
+            pad_row_steps=st.pad_row_steps,
+            forward_ms=st.forward_ms,
+            step_ms=None,
+            stall_ms=st.stall_ms,
+            padding_cells=st.padding_cells,
+            attended_cells=st.attended_cells,
+            extra={
+                "prefill_ms": st.prefill_ms,
+                "prefills": st.prefills,
+                "joins_live": st.joins_live,
+                "kv_bytes": st.kv_bytes,
+            },
         )
         return RunResult(records_from_completions(trace, completions), dec, self.decode_threads, wall)
 
@@ -254,20 +303,30 @@ class HFStatic(System):
                 ids = torch.full((len(batch), width), pad, dtype=torch.long)
                 mask = torch.zeros((len(batch), width), dtype=torch.long)
                 for i, (r, _) in enumerate(batch):
-                    ids[i, width - r.prompt_len:] = torch.tensor(r.prompt_token_ids)
-                    mask[i, width - r.prompt_len:] = 1
+                    ids[i, width - r.prompt_len :] = torch.tensor(r.prompt_token_ids)
+                    mask[i, width - r.prompt_len :] = 1
                 longest = max(r.params.max_tokens for r, _ in batch)
-                gc = GenerationConfig(max_new_tokens=longest, do_sample=False, eos_token_id=-1, pad_token_id=pad)
+                gc = GenerationConfig(
+                    max_new_tokens=longest, do_sample=False, eos_token_id=-1, pad_token_id=pad
+                )
                 st = _StepTimes()
                 with torch.inference_mode():
-                    out = model.generate(input_ids=ids, attention_mask=mask, generation_config=gc, streamer=st)
+                    out = model.generate(
+                        input_ids=ids, attention_mask=mask, generation_config=gc, streamer=st
+                    )
                 times = st.times[1:]  # one per generated token
                 n_gen = out.shape[1] - width
                 for r, off in batch:
                     n = min(r.params.max_tokens, n_gen)
                     arrival = t0 + off
-                    recs[r.request_id] = Record(r.request_id, off, (times[0] - arrival) * 1e3,
-                                                (times[n - 1] - arrival) * 1e3, n, ok=n == r.params.max_tokens)
+                    recs[r.request_id] = Record(
+                        r.request_id,
+                        off,
+                        (times[0] - arrival) * 1e3,
+                        (times[n - 1] - arrival) * 1e3,
+                        n,
+                        ok=n == r.params.max_tokens,
+                    )
                 b, k = len(batch), longest - 1  # decode forwards after the prefill
                 s.steps += k
                 s.forward_ms += (times[-1] - times[0]) * 1e3
@@ -305,13 +364,22 @@ class HFContinuous(System):
         page = 64
         per_req = math.ceil((self.cfg.max_seq_len + 1) / page) + 1
         gc = GenerationConfig(do_sample=False, eos_token_id=-1, pad_token_id=0, max_new_tokens=16)
-        cbc = ContinuousBatchingConfig(page_size=page, num_blocks=self.cfg.max_batch_size * per_req + 4,
-                                       max_batch_tokens=self.cfg.max_seq_len,
-                                       max_requests_per_batch=self.cfg.max_batch_size)
-        self.manager = self.model.init_continuous_batching(generation_config=gc, continuous_batching_config=cbc)
+        cbc = ContinuousBatchingConfig(
+            page_size=page,
+            num_blocks=self.cfg.max_batch_size * per_req + 4,
+            max_batch_tokens=self.cfg.max_seq_len,
+            max_requests_per_batch=self.cfg.max_batch_size,
+        )
+        self.manager = self.model.init_continuous_batching(
+            generation_config=gc, continuous_batching_config=cbc
+        )
         self.manager.start()
-        self.settings = {"page_size": page, "num_blocks": cbc.num_blocks, "max_batch_tokens": cbc.max_batch_tokens,
-                         "max_requests_per_batch": cbc.max_requests_per_batch}
+        self.settings = {
+            "page_size": page,
+            "num_blocks": cbc.num_blocks,
+            "max_batch_tokens": cbc.max_batch_tokens,
+            "max_requests_per_batch": cbc.max_requests_per_batch,
+        }
         super().setup(warmup)
 
     def run(self, trace: Trace) -> RunResult:
@@ -326,8 +394,12 @@ class HFContinuous(System):
             try:
                 for r, off in order:
                     _sleep_until(t0 + off)
-                    mgr.add_request(list(r.prompt_token_ids), request_id=f"{tag}-{r.request_id}",
-                                    max_new_tokens=r.params.max_tokens, record_timestamps=True)
+                    mgr.add_request(
+                        list(r.prompt_token_ids),
+                        request_id=f"{tag}-{r.request_id}",
+                        max_new_tokens=r.params.max_tokens,
+                        record_timestamps=True,
+                    )
             except BaseException as e:  # surfaced below
                 err.append(e)
 
@@ -353,9 +425,19 @@ class HFContinuous(System):
             res, recv = got[r.request_id]
             n = len(res.generated_tokens)
             first = res.timestamps[0] if res.timestamps else recv
-            recs.append(Record(r.request_id, off, (first - arrival) * 1e3, (recv - arrival) * 1e3, n,
-                               ok=res.error is None and n == r.params.max_tokens))
-        return RunResult(recs, None, self.decode_threads, time.perf_counter() - t0, {"settings": self.settings})
+            recs.append(
+                Record(
+                    r.request_id,
+                    off,
+                    (first - arrival) * 1e3,
+                    (recv - arrival) * 1e3,
+                    n,
+                    ok=res.error is None and n == r.params.max_tokens,
+                )
+            )
+        return RunResult(
+            recs, None, self.decode_threads, time.perf_counter() - t0, {"settings": self.settings}
+        )
 
     def close(self) -> None:
         mgr = getattr(self, "manager", None)
@@ -365,8 +447,12 @@ class HFContinuous(System):
 
 
 # ------------------------------------------------------------------------------ vLLM (subprocess)
-VLLM_ENV = {"VLLM_CPU_OMP_THREADS_BIND": "0-1", "VLLM_CPU_NUM_OF_RESERVED_CPU": "0", "OMP_NUM_THREADS": "2",
-            "VLLM_CPU_KVCACHE_SPACE": "4"}
+VLLM_ENV = {
+    "VLLM_CPU_OMP_THREADS_BIND": "0-1",
+    "VLLM_CPU_NUM_OF_RESERVED_CPU": "0",
+    "OMP_NUM_THREADS": "2",
+    "VLLM_CPU_KVCACHE_SPACE": "4",
+}
 
 
 class VLLM(System):
@@ -395,12 +481,23 @@ class VLLM(System):
         env["OMP_NUM_THREADS"] = str(self.cfg.threads)
         env["VLLM_CPU_OMP_THREADS_BIND"] = f"0-{self.cfg.threads - 1}"
         env.pop("PYTHONPATH", None)
-        runs = ([("warmup", self.warmup)] if self.warmup else []) + [(f"run{i}", t) for i, t in enumerate(traces)]
-        spec = {"model": resolve_model(self.cfg.model), "max_batch_size": self.cfg.max_batch_size,
-                "max_seq_len": self.cfg.max_seq_len + 1,
-                "runs": [{"name": n, "prompts": [list(r.prompt_token_ids) for r, _ in t],
-                          "max_tokens": [r.params.max_tokens for r, _ in t], "arrivals": [off for _, off in t]}
-                         for n, t in runs]}
+        runs = ([("warmup", self.warmup)] if self.warmup else []) + [
+            (f"run{i}", t) for i, t in enumerate(traces)
+        ]
+        spec = {
+            "model": resolve_model(self.cfg.model),
+            "max_batch_size": self.cfg.max_batch_size,
+            "max_seq_len": self.cfg.max_seq_len + 1,
+            "runs": [
+                {
+                    "name": n,
+                    "prompts": [list(r.prompt_token_ids) for r, _ in t],
+                    "max_tokens": [r.params.max_tokens for r, _ in t],
+                    "arrivals": [off for _, off in t],
+                }
+                for n, t in runs
+            ],
+        }
         runner = Path(__file__).with_name("vllm_runner.py")
         log_path = Path(self.cfg.log_path or Path(tempfile.gettempdir()) / "baton-bench-vllm.log")
         log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -408,8 +505,14 @@ class VLLM(System):
             inp, outp = Path(tmp) / "in.json", Path(tmp) / "out.json"
             inp.write_text(json.dumps(spec))
             with open(log_path, "w") as log:
-                proc = subprocess.run([self.cfg.vllm_python, str(runner), str(inp), str(outp)], cwd=tmp, env=env,
-                                      stdout=log, stderr=subprocess.STDOUT, timeout=timeout_s)
+                proc = subprocess.run(
+                    [self.cfg.vllm_python, str(runner), str(inp), str(outp)],
+                    cwd=tmp,
+                    env=env,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    timeout=timeout_s,
+                )
             if proc.returncode != 0 or not outp.exists():
                 tail = log_path.read_text()[-3000:]
                 raise RuntimeError(f"vllm runner failed (exit {proc.returncode}); log {log_path}:\n{tail}")
@@ -419,9 +522,17 @@ class VLLM(System):
         by_name = {r["name"]: r for r in result["runs"]}
         for i, trace in enumerate(traces):
             res = by_name[f"run{i}"]
-            recs = [Record(r.request_id, off, q["ttft_ms"], q["total_ms"], q["n_out"],
-                           ok=q["n_out"] == r.params.max_tokens)
-                    for (r, off), q in zip(trace, res["requests"], strict=True)]
+            recs = [
+                Record(
+                    r.request_id,
+                    off,
+                    q["ttft_ms"],
+                    q["total_ms"],
+                    q["n_out"],
+                    ok=q["n_out"] == r.params.max_tokens,
+                )
+                for (r, off), q in zip(trace, res["requests"], strict=True)
+            ]
             out.append(RunResult(recs, None, self.decode_threads, res["wall_s"], {"vllm": self.meta}))
         return out
 
@@ -468,8 +579,14 @@ def bare_decode_ms(lm: Any, rows: int, width: int, threads: int, repeats: int = 
             times = []
             for it in range(warmup + repeats):
                 t0 = time.perf_counter()
-                out = lm.model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache,
-                               use_cache=True, logits_to_keep=1)
+                out = lm.model(
+                    input_ids=ids,
+                    attention_mask=mask,
+                    position_ids=pos,
+                    past_key_values=cache,
+                    use_cache=True,
+                    logits_to_keep=1,
+                )
                 dt = (time.perf_counter() - t0) * 1e3
                 ids = out.logits[:, -1, :].argmax(dim=-1, keepdim=True)
                 cache.crop(-1)
@@ -500,8 +617,14 @@ class BareGrid:
     1-row and 2-row steps then gets the average of their bare costs, as it should.
     """
 
-    def __init__(self, lm: Any, max_rows: int, widths: tuple[int, int], repeats: int = 10,
-                 log: Callable[[str], None] | None = None):
+    def __init__(
+        self,
+        lm: Any,
+        max_rows: int,
+        widths: tuple[int, int],
+        repeats: int = 10,
+        log: Callable[[str], None] | None = None,
+    ):
         self.lm = lm
         rows = [1]
         while rows[-1] * 2 < max_rows:
@@ -527,7 +650,9 @@ class BareGrid:
         return self.cache[k]
 
     def ms(self, rows: float, width: float, threads: int) -> float:
-        per_width = [interp(self.rows, [self.point(r, w, threads) for r in self.rows], rows) for w in self.widths]
+        per_width = [
+            interp(self.rows, [self.point(r, w, threads) for r in self.rows], rows) for w in self.widths
+        ]
         return interp(self.widths, per_width, width)
 
     def table(self) -> list[dict[str, Any]]:
@@ -536,9 +661,11 @@ class BareGrid:
 
 def python_version_of(python: str) -> str:
     try:
-        return subprocess.run([python, "-c", "import sys; print(sys.version.split()[0])"], capture_output=True,
-                              text=True, timeout=30).stdout.strip()
+        return subprocess.run(
+            [python, "-c", "import sys; print(sys.version.split()[0])"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return ""
-
-

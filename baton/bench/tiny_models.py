@@ -26,8 +26,12 @@ def _tokenizer(vocab_size: int):
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<pad>", "<eos>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=["<pad>", "<eos>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     tok.train_from_iterator([CORPUS], trainer=trainer)
     return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>")
 
@@ -51,8 +55,15 @@ def _soften_attention(model, family: str, hidden: int, scale: float = 0.15) -> N
                 p *= scale
 
 
-def build(family: str, folder: Path, seed: int = 0, layers: int = 2, hidden: int = 64,
-          init: float = 0.5, context: int = 512) -> Path:
+def build(
+    family: str,
+    folder: Path,
+    seed: int = 0,
+    layers: int = 2,
+    hidden: int = 64,
+    init: float = 0.5,
+    context: int = 512,
+) -> Path:
     """Create (once) a random ``family`` model in ``folder`` and return the folder."""
     import torch
     from transformers import (
@@ -70,16 +81,36 @@ def build(family: str, folder: Path, seed: int = 0, layers: int = 2, hidden: int
     tok = _tokenizer(vocab_size=400)
     vocab = len(tok)
     eos = tok.convert_tokens_to_ids("<eos>")
-    common = dict(vocab_size=vocab, eos_token_id=eos, bos_token_id=None, pad_token_id=0,
-                  initializer_range=init, tie_word_embeddings=False)
+    common = dict(
+        vocab_size=vocab,
+        eos_token_id=eos,
+        bos_token_id=None,
+        pad_token_id=0,
+        initializer_range=init,
+        tie_word_embeddings=False,
+    )
     if family == "llama":
-        cfg = LlamaConfig(hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
-                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=context, **common)
+        cfg = LlamaConfig(
+            hidden_size=hidden,
+            intermediate_size=2 * hidden,
+            num_hidden_layers=layers,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=context,
+            **common,
+        )
         cls = LlamaForCausalLM
     elif family == "qwen2":
-        cfg = Qwen2Config(hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
-                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=context,
-                          use_sliding_window=False, **common)
+        cfg = Qwen2Config(
+            hidden_size=hidden,
+            intermediate_size=2 * hidden,
+            num_hidden_layers=layers,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=context,
+            use_sliding_window=False,
+            **common,
+        )
         cls = Qwen2ForCausalLM
     elif family == "gpt2":
         cfg = GPT2Config(n_embd=hidden, n_layer=layers, n_head=4, n_positions=context, **common)

@@ -38,10 +38,14 @@ async def _one(engine, sp_cls, i: int, name: str, prompt: list[int], n: int, t0:
 
 async def _run(engine, sp_cls, run: dict) -> dict:
     t0 = time.perf_counter() + 0.05
-    reqs = await asyncio.gather(*(
-        _one(engine, sp_cls, i, run["name"], p, n, t0, off)
-        for i, (p, n, off) in enumerate(zip(run["prompts"], run["max_tokens"], run["arrivals"], strict=True))
-    ))
+    reqs = await asyncio.gather(
+        *(
+            _one(engine, sp_cls, i, run["name"], p, n, t0, off)
+            for i, (p, n, off) in enumerate(
+                zip(run["prompts"], run["max_tokens"], run["arrivals"], strict=True)
+            )
+        )
+    )
     return {"name": run["name"], "requests": list(reqs), "wall_s": time.perf_counter() - t0}
 
 
@@ -51,9 +55,14 @@ async def _main(spec: dict) -> dict:
     from vllm.v1.engine.async_llm import AsyncLLM
 
     t = time.perf_counter()
-    args = AsyncEngineArgs(model=spec["model"], dtype="float32", enforce_eager=True,
-                           max_model_len=spec["max_seq_len"], max_num_seqs=spec["max_batch_size"],
-                           disable_log_stats=True)
+    args = AsyncEngineArgs(
+        model=spec["model"],
+        dtype="float32",
+        enforce_eager=True,
+        max_model_len=spec["max_seq_len"],
+        max_num_seqs=spec["max_batch_size"],
+        disable_log_stats=True,
+    )
     engine = AsyncLLM.from_engine_args(args)
     start_s = time.perf_counter() - t
     import torch
@@ -64,8 +73,11 @@ async def _main(spec: dict) -> dict:
         for run in spec["runs"]:
             res = await _run(engine, SamplingParams, run)
             out["runs"].append(res)
-            print(f"[vllm_runner] {run['name']}: {len(res['requests'])} requests in {res['wall_s']:.1f} s",
-                  file=sys.stderr, flush=True)
+            print(
+                f"[vllm_runner] {run['name']}: {len(res['requests'])} requests in {res['wall_s']:.1f} s",
+                file=sys.stderr,
+                flush=True,
+            )
     finally:
         engine.shutdown()
     return out

@@ -105,8 +105,9 @@ def kv_from_numpy(arr: np.ndarray, dtype_name: str, device="cpu"):
     return t.to(device) if str(device) != "cpu" else t
 
 
-def check_compatible(header: HandoffHeader, kv: np.ndarray | None, fingerprint: str, dtype_name: str,
-                     layout) -> None:
+def check_compatible(
+    header: HandoffHeader, kv: np.ndarray | None, fingerprint: str, dtype_name: str, layout
+) -> None:
     """Refuse a handoff the receiving batch cannot embed, naming what differs."""
     if header.model_fingerprint != fingerprint:
         raise HandoffMismatch(

@@ -68,7 +68,9 @@ def convert_builtin(name: str, target: Path) -> Path:
     # Tied embeddings legitimately have no separate lm_head weight.
     missing = [m for m in missing if not (m == "lm_head.weight" and config.tie_word_embeddings)]
     if missing or unexpected:
-        raise ModelError(f"model: conversion of {name} lost weights: missing={missing} unexpected={unexpected}")
+        raise ModelError(
+            f"model: conversion of {name} lost weights: missing={missing} unexpected={unexpected}"
+        )
     _log("  [3/3] saving plain transformers folder")
     tmp = target.with_name(target.name + f".tmp{os.getpid()}")
     plain.save_pretrained(tmp)
@@ -132,8 +134,14 @@ class LoadedModel:
         """What a worker reports about its model (plain data)."""
         from dataclasses import asdict
 
-        return {"model": self.name, "fingerprint": self.fingerprint, "dtype": self.dtype_name,
-                "device": str(self.device), "layout": asdict(self.layout), "limits": asdict(self.limits)}
+        return {
+            "model": self.name,
+            "fingerprint": self.fingerprint,
+            "dtype": self.dtype_name,
+            "device": str(self.device),
+            "layout": asdict(self.layout),
+            "limits": asdict(self.limits),
+        }
 
 
 def resolve_dtype(dtype: str, device: str):
@@ -141,8 +149,14 @@ def resolve_dtype(dtype: str, device: str):
 
     if dtype in (None, "", "auto"):
         return torch.bfloat16 if device.startswith("cuda") else torch.float32
-    table = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-             "float16": torch.float16, "fp16": torch.float16}
+    table = {
+        "float32": torch.float32,
+        "fp32": torch.float32,
+        "bfloat16": torch.bfloat16,
+        "bf16": torch.bfloat16,
+        "float16": torch.float16,
+        "fp16": torch.float16,
+    }
     if dtype not in table:
         raise ModelError(f"dtype: unknown dtype {dtype!r}; use one of auto, {', '.join(table)}")
     return table[dtype]
@@ -219,11 +233,24 @@ def load_model(spec: str, device: str = "cpu", dtype: str = "auto", attn: str = 
     # Probe the KV layout with one token: robust across families (GQA, MHA, GPT-2's fused qkv).
     with torch.no_grad():
         cache = DynamicCache(config=model.config)
-        model(input_ids=torch.zeros((1, 1), dtype=torch.long, device=device), past_key_values=cache, use_cache=True)
+        model(
+            input_ids=torch.zeros((1, 1), dtype=torch.long, device=device),
+            past_key_values=cache,
+            use_cache=True,
+        )
     k = cache.layers[0].keys
     layout = KVLayout(num_layers=len(cache.layers), kv_heads=k.shape[1], head_dim=k.shape[3])
     vocab = model.get_output_embeddings().weight.shape[0]
-    limits = ModelLimits(context_length=_context_length(config), vocab_size=vocab,
-                         eos_token_ids=_eos_ids(model, tokenizer))
-    return LoadedModel(name=spec, model=model, tokenizer=tokenizer, limits=limits, layout=layout,
-                       fingerprint=fingerprint_of(spec, model), dtype=torch_dtype, device=torch.device(device))
+    limits = ModelLimits(
+        context_length=_context_length(config), vocab_size=vocab, eos_token_ids=_eos_ids(model, tokenizer)
+    )
+    return LoadedModel(
+        name=spec,
+        model=model,
+        tokenizer=tokenizer,
+        limits=limits,
+        layout=layout,
+        fingerprint=fingerprint_of(spec, model),
+        dtype=torch_dtype,
+        device=torch.device(device),
+    )

@@ -93,9 +93,7 @@ class SamplingParams:
                     v = [v]
                 if not isinstance(v, (list, tuple)):
                     raise ValidationError(name, f"must be a list, got {v!r}")
-                if name == "stop_token_ids" and any(
-                    isinstance(t, bool) or not isinstance(t, int) for t in v
-                ):
+                if name == "stop_token_ids" and any(isinstance(t, bool) or not isinstance(t, int) for t in v):
                     raise ValidationError(name, f"must be a list of integers, got {v!r}")
                 kw[name] = tuple(v)
         return cls(**kw)

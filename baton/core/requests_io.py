@@ -36,8 +36,12 @@ def parse_spec(obj: Any, default_id: str) -> RequestSpec:
     if not isinstance(rid, (str, int)) or isinstance(rid, bool) or str(rid) == "":
         raise ValidationError("id", f"must be a non-empty string, got {rid!r}")
     arrival = obj.get("arrival_s", 0.0)
-    if isinstance(arrival, bool) or not isinstance(arrival, (int, float)) or not math.isfinite(arrival) \
-            or arrival < 0:
+    if (
+        isinstance(arrival, bool)
+        or not isinstance(arrival, (int, float))
+        or not math.isfinite(arrival)
+        or arrival < 0
+    ):
         raise ValidationError("arrival_s", f"must be a number >= 0, got {arrival!r}")
     given = [f for f in INPUT_FIELDS if f in obj]
     if len(given) != 1:
@@ -72,8 +76,11 @@ def tokenize(spec: RequestSpec, tokenizer: Any, limits: ModelLimits) -> Request:
         if spec.messages is not None:
             if not getattr(tokenizer, "chat_template", None):
                 raise ValidationError("messages", "this model has no chat template: send prompt")
-            ids = list(tokenizer.apply_chat_template(list(spec.messages), add_generation_prompt=True,
-                                                     tokenize=True, return_dict=False))
+            ids = list(
+                tokenizer.apply_chat_template(
+                    list(spec.messages), add_generation_prompt=True, tokenize=True, return_dict=False
+                )
+            )
         else:
             if spec.prompt == "":
                 raise ValidationError("prompt", "must not be empty")
@@ -101,11 +108,14 @@ class Batch:
             try:
                 req = tokenize(spec, tokenizer, limits)
             except BatonError as e:
-                self.results[i] = Completion(spec.request_id, error=str(e), error_field=getattr(e, "field", None))
+                self.results[i] = Completion(
+                    spec.request_id, error=str(e), error_field=getattr(e, "field", None)
+                )
                 continue
             if req.request_id in self._index:
-                self.results[i] = Completion(spec.request_id, error=f"id: duplicate request id {req.request_id!r}",
-                                             error_field="id")
+                self.results[i] = Completion(
+                    spec.request_id, error=f"id: duplicate request id {req.request_id!r}", error_field="id"
+                )
                 continue
             self._index[req.request_id] = i
             self.trace.append((req, spec.arrival_s))

@@ -44,17 +44,22 @@ def sample_one(logits: torch.Tensor, params: SamplingParams, seed: int, index: i
     if params.top_p < 1.0:
         cum = torch.cumsum(probs, dim=-1)
         # Keep the smallest prefix whose mass reaches top_p (always at least one token).
-        keep = int(torch.searchsorted(cum, torch.tensor(params.top_p, dtype=cum.dtype, device=cum.device))) + 1
+        keep = (
+            int(torch.searchsorted(cum, torch.tensor(params.top_p, dtype=cum.dtype, device=cum.device))) + 1
+        )
         probs, order = probs[:keep], order[:keep]
     cdf = torch.cumsum(probs, dim=-1)
     u = _uniform(seed, index) * float(cdf[-1])
-    pick = min(int(torch.searchsorted(cdf, torch.tensor(u, dtype=cdf.dtype, device=cdf.device), right=True)),
-               len(order) - 1)
+    pick = min(
+        int(torch.searchsorted(cdf, torch.tensor(u, dtype=cdf.dtype, device=cdf.device), right=True)),
+        len(order) - 1,
+    )
     return int(order[pick])
 
 
-def sample_rows(logits: torch.Tensor, params: list[SamplingParams], seeds: list[int],
-                indices: list[int]) -> list[int]:
+def sample_rows(
+    logits: torch.Tensor, params: list[SamplingParams], seeds: list[int], indices: list[int]
+) -> list[int]:
     """Sample one token per row of ``logits [rows, vocab]``: greedy rows in one argmax."""
     greedy = torch.argmax(logits, dim=-1).tolist()
     out = []

@@ -29,5 +29,7 @@ def test_tree_includes_children():
     import subprocess
 
     before = tree_cpu_s()
-    subprocess.run([sys.executable, "-c", "import time\nt=time.time()\nwhile time.time()-t<0.4: pass"], check=True)
+    subprocess.run(
+        [sys.executable, "-c", "import time\nt=time.time()\nwhile time.time()-t<0.4: pass"], check=True
+    )
     assert tree_cpu_s() - before > 0.3  # the reaped child's CPU is in this process's cutime

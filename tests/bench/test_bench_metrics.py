@@ -45,10 +45,10 @@ def test_tpot():
 
 # Four requests: arrivals at 0, 1, 2, 3 s.
 RECS = [
-    Record("a", 0.0, ttft_ms=100, total_ms=1100, n_out=11),   # tpot 100, done 1.1 s
-    Record("b", 1.0, ttft_ms=300, total_ms=2300, n_out=5),    # tpot 500, done 3.3 s
+    Record("a", 0.0, ttft_ms=100, total_ms=1100, n_out=11),  # tpot 100, done 1.1 s
+    Record("b", 1.0, ttft_ms=300, total_ms=2300, n_out=5),  # tpot 500, done 3.3 s
     Record("c", 2.0, ttft_ms=2500, total_ms=3500, n_out=11),  # tpot 100, ttft misses 2000, done 5.5 s
-    Record("d", 3.0, ttft_ms=200, total_ms=200, n_out=1),     # no tpot, done 3.2 s
+    Record("d", 3.0, ttft_ms=200, total_ms=200, n_out=1),  # no tpot, done 3.2 s
 ]
 
 
@@ -92,8 +92,15 @@ def test_kv_handoff_figures():
 
 def test_idle_share_orca_padding():
     # 10 steps of 4 rows; 2 of them carried an 8-token prompt (query_len 8): 4*8 computed, 4 useful.
-    s = DecodeStats(steps=10, row_steps=8 * 4 + 8 * 4 + 8 * 4, token_row_steps=40, pad_row_steps=2 * 4 * 7,
-                    forward_ms=1000, padding_cells=30, attended_cells=400)
+    s = DecodeStats(
+        steps=10,
+        row_steps=8 * 4 + 8 * 4 + 8 * 4,
+        token_row_steps=40,
+        pad_row_steps=2 * 4 * 7,
+        forward_ms=1000,
+        padding_cells=30,
+        attended_cells=400,
+    )
     f = decode_figures(s)
     assert f["mean_rows"] == 4
     assert f["pad_share"] == pytest.approx(56 / 96)
@@ -134,10 +141,16 @@ def test_goodput_knee():
 
 def test_records_from_completions():
     p = SamplingParams(max_tokens=3, ignore_eos=True)
-    trace = [(Request("a", (5, 6), p, 0), 0.0), (Request("b", (5,), p, 1), 0.5), (Request("c", (5,), p, 2), 1.0)]
-    comps = [Completion("b", [1, 2], timings={"ttft": 10, "total": 30}),  # short: a failure
-             Completion("a", [1, 2, 3], timings={"ttft": 5, "total": 25, "kv_transfer": 2.5, "kv_bytes": 64}),
-             Completion("c", error="boom")]
+    trace = [
+        (Request("a", (5, 6), p, 0), 0.0),
+        (Request("b", (5,), p, 1), 0.5),
+        (Request("c", (5,), p, 2), 1.0),
+    ]
+    comps = [
+        Completion("b", [1, 2], timings={"ttft": 10, "total": 30}),  # short: a failure
+        Completion("a", [1, 2, 3], timings={"ttft": 5, "total": 25, "kv_transfer": 2.5, "kv_bytes": 64}),
+        Completion("c", error="boom"),
+    ]
     recs = records_from_completions(trace, comps)
     assert [r.request_id for r in recs] == ["a", "b", "c"]
     a, b, c = recs

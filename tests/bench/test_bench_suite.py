@@ -14,10 +14,24 @@ def test_add_parser_registers_bench():
     parser = argparse.ArgumentParser(prog="baton")
     sub = parser.add_subparsers(dest="command", required=True)
     suite.add_parser(sub)
-    args = parser.parse_args(["bench", "--quick", "--rates", "1,2", "--spreads", "", "--systems", "baton,orca",
-                              "--slo-ttft-ms", "1500"])
+    args = parser.parse_args(
+        [
+            "bench",
+            "--quick",
+            "--rates",
+            "1,2",
+            "--spreads",
+            "",
+            "--systems",
+            "baton,orca",
+            "--slo-ttft-ms",
+            "1500",
+        ]
+    )
     assert args.func is suite.run
-    assert args.quick and args.rates == (1.0, 2.0) and args.spreads == () and args.systems == ("baton", "orca")
+    assert (
+        args.quick and args.rates == (1.0, 2.0) and args.spreads == () and args.systems == ("baton", "orca")
+    )
     assert args.slo_ttft_ms == 1500 and args.slo_tpot_ms == 300
     with pytest.raises(SystemExit):
         parser.parse_args(["bench", "--systems", "nope"])

@@ -20,8 +20,14 @@ VOCAB = 1000
 
 
 def _spec(**kw) -> WorkloadSpec:
-    base = dict(requests=40, rate=2.0, prompt=LengthDist("uniform", 40, 0.3, 8, 80),
-                output=LengthDist("lognormal", 20, 0.8, 2, 64), seed=7, source="random")
+    base = dict(
+        requests=40,
+        rate=2.0,
+        prompt=LengthDist("uniform", 40, 0.3, 8, 80),
+        output=LengthDist("lognormal", 20, 0.8, 2, 64),
+        seed=7,
+        source="random",
+    )
     return WorkloadSpec(**{**base, **kw})
 
 
@@ -112,8 +118,20 @@ def test_parse_and_str_round_trip():
     assert d.with_cv(0).kind == "fixed" and d.with_cv(1.0).cv == 1.0
 
 
-@pytest.mark.parametrize("bad", ["", "normal:3", "fixed", "fixed:0", "lognormal:10:-1", "uniform:10:0.9",
-                                 "fixed:10:0:5", "fixed:10:0:5:2", "fixed:x"])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "",
+        "normal:3",
+        "fixed",
+        "fixed:0",
+        "lognormal:10:-1",
+        "uniform:10:0.9",
+        "fixed:10:0:5",
+        "fixed:10:0:5:2",
+        "fixed:x",
+    ],
+)
 def test_parse_rejects(bad):
     with pytest.raises(ValueError):
         LengthDist.parse(bad)
@@ -121,10 +139,16 @@ def test_parse_rejects(bad):
 
 def test_text_prompts_have_exact_token_length_and_read_as_text(tiny_lm):
     lm = tiny_lm("llama")
-    trace = generate(_spec(source="text", prompt=LengthDist("lognormal", 60, 0.5, 5, 200)), lm.tokenizer,
-                     lm.limits.vocab_size)
-    s = generate(_spec(source="text", prompt=LengthDist("lognormal", 60, 0.5, 5, 200)), lm.tokenizer,
-                 lm.limits.vocab_size)
+    trace = generate(
+        _spec(source="text", prompt=LengthDist("lognormal", 60, 0.5, 5, 200)),
+        lm.tokenizer,
+        lm.limits.vocab_size,
+    )
+    s = generate(
+        _spec(source="text", prompt=LengthDist("lognormal", 60, 0.5, 5, 200)),
+        lm.tokenizer,
+        lm.limits.vocab_size,
+    )
     assert [r.prompt_token_ids for r, _ in trace] == [r.prompt_token_ids for r, _ in s]
     rng = np.random.default_rng(0)
     maker = PromptMaker(lm.tokenizer, lm.limits.vocab_size, "text")

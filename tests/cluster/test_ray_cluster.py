@@ -19,8 +19,13 @@ ray = pytest.importorskip("ray")
 @pytest.fixture(scope="module")
 def local_ray():
     os.environ["RAY_AUTH_MODE"] = "disabled"
-    ray.init(num_cpus=4, object_store_memory=300 * 1024**2, _node_ip_address="127.0.0.1",
-             include_dashboard=False, log_to_driver=False)
+    ray.init(
+        num_cpus=4,
+        object_store_memory=300 * 1024**2,
+        _node_ip_address="127.0.0.1",
+        include_dashboard=False,
+        log_to_driver=False,
+    )
     session = ray._private.worker._global_node.get_session_dir_path()
     yield
     ray.shutdown()
@@ -29,13 +34,22 @@ def local_ray():
 
 
 def _cfg(folder, p, d, **kw) -> ClusterConfig:
-    return ClusterConfig(model=str(folder), prefill_workers=p, decode_workers=d, max_seq_len=300,
-                         prefill_num_cpus=0.5, decode_num_cpus=0.5, **{"max_batch_size": 6, **kw})
+    return ClusterConfig(
+        model=str(folder),
+        prefill_workers=p,
+        decode_workers=d,
+        max_seq_len=300,
+        prefill_num_cpus=0.5,
+        decode_num_cpus=0.5,
+        **{"max_batch_size": 6, **kw},
+    )
 
 
 def _check_exact(lm, reqs, results):
-    verdicts = [compare(lm, list(r.prompt_token_ids), c.token_ids, r.params.max_tokens)
-                for r, c in zip(reqs, results, strict=True)]
+    verdicts = [
+        compare(lm, list(r.prompt_token_ids), c.token_ids, r.params.max_tokens)
+        for r, c in zip(reqs, results, strict=True)
+    ]
     bad = [v for v in verdicts if v not in ("equal", "tie")]
     assert not bad, bad
     assert sum(v == "tie" for v in verdicts) <= 2
@@ -54,7 +68,8 @@ def test_exact_through_ray_actors(local_ray, model_dir, tiny_lm, family, p, d):
     # Rows joined live batches, both kinds of workers were used, timings are complete.
     assert sum(s["stats"]["inserted"] for s in stats) >= 25
     assert {c.timings["decode_worker"] for c in results if c.timings["decode_worker"]} == {
-        f"decode-{i}" for i in range(d)}
+        f"decode-{i}" for i in range(d)
+    }
     assert {c.timings["prefill_worker"] for c in results} == {f"prefill-{i}" for i in range(p)}
     for c in results:
         t = c.timings
@@ -85,7 +100,8 @@ def test_full_decode_worker_delays_never_loses(local_ray, model_dir, tiny_lm):
     lm = tiny_lm("llama")
     reqs = make_queries(lm, seed=9, n=12)
     with Cluster(_cfg(model_dir("llama"), 1, 1, max_batch_size=2, prefill_ahead=6)).start(
-            log=lambda m: None) as cluster:
+        log=lambda m: None
+    ) as cluster:
         results = cluster.run_trace([(r, 0.0) for r in reqs])
         assert cluster.router.max_pending > 0  # handoffs did wait for a row
         info = cluster.server_info()

@@ -46,10 +46,17 @@ def _specs(objs):
 
 def test_bad_inputs_named_and_good_ones_unharmed(tiny_lm):
     lm = tiny_lm("gpt2")
-    good = [{"id": f"good{i}", "prompt_token_ids": list(range(3 + i, 40 + 3 * i)), "max_tokens": 20,
-             "arrival_s": 0.01 * i} for i in range(6)]
+    good = [
+        {
+            "id": f"good{i}",
+            "prompt_token_ids": list(range(3 + i, 40 + 3 * i)),
+            "max_tokens": 20,
+            "arrival_s": 0.01 * i,
+        }
+        for i in range(6)
+    ]
     bad = [dict(o, id=f"bad{i}") for i, (o, _) in enumerate(BAD)]
-    mixed = [x for pair in zip(good, bad, strict=False) for x in pair] + bad[len(good):]
+    mixed = [x for pair in zip(good, bad, strict=False) for x in pair] + bad[len(good) :]
     res, _ = run_specs(lm, EngineConfig(max_seq_len=300), _specs(mixed))
     by = {c.request_id: c for c in res}
     for i, (_, field) in enumerate(BAD):
@@ -70,13 +77,15 @@ def test_unknown_and_unsupported_models(tmp_path):
     from transformers import DistilBertConfig, DistilBertModel, T5Config, T5ForConditionalGeneration
 
     t5 = tmp_path / "t5"
-    T5ForConditionalGeneration(T5Config(d_model=32, d_ff=64, num_layers=1, num_heads=2, d_kv=16,
-                                        vocab_size=100)).save_pretrained(t5)
+    T5ForConditionalGeneration(
+        T5Config(d_model=32, d_ff=64, num_layers=1, num_heads=2, d_kv=16, vocab_size=100)
+    ).save_pretrained(t5)
     with pytest.raises(ModelError, match="encoder-decoder"):
         load_model(str(t5))
     bert = tmp_path / "bert"
-    DistilBertModel(DistilBertConfig(dim=32, hidden_dim=64, n_layers=1, n_heads=2, vocab_size=100)
-                    ).save_pretrained(bert)
+    DistilBertModel(
+        DistilBertConfig(dim=32, hidden_dim=64, n_layers=1, n_heads=2, vocab_size=100)
+    ).save_pretrained(bert)
     with pytest.raises(ModelError, match="causal LM"):
         load_model(str(bert))
 
@@ -92,9 +101,25 @@ def test_cli_run_reports_bad_line_and_runs_the_rest(model_dir, tmp_path):
     inp = tmp_path / "in.jsonl"
     inp.write_text("\n".join(lines) + "\n")
     out = tmp_path / "out.jsonl"
-    proc = subprocess.run([sys.executable, "-m", "baton.cli", "run", "--model", str(folder), "--requests",
-                           str(inp), "--out", str(out), "--max-seq-len", "300"],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "baton.cli",
+            "run",
+            "--model",
+            str(folder),
+            "--requests",
+            str(inp),
+            "--out",
+            str(out),
+            "--max-seq-len",
+            "300",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     rows = [json.loads(x) for x in out.read_text().splitlines()]
     assert [r["id"] for r in rows] == ["ok1", "line-2", "bad", "ok2"]

@@ -46,8 +46,10 @@ def test_full_batch_keeps_handoffs_waiting_and_steps_batch_all_rows(tiny_lm):
     lm = tiny_lm("llama")
     pe = PrefillEngine(lm)
     loop = DecodeLoop(DecodeBatch(lm, 2, 300), "d0")
-    reqs = [Request(f"r{i}", tuple(range(5 + i, 30 + i)), SamplingParams(max_tokens=20 + 5 * i), seed=i)
-            for i in range(5)]
+    reqs = [
+        Request(f"r{i}", tuple(range(5 + i, 30 + i)), SamplingParams(max_tokens=20 + 5 * i), seed=i)
+        for i in range(5)
+    ]
     try:
         for h in pe.prefill(reqs):
             loop.submit(h)
@@ -62,8 +64,9 @@ def test_full_batch_keeps_handoffs_waiting_and_steps_batch_all_rows(tiny_lm):
                 tokens.setdefault(rid, []).append(tok)
         for r in reqs:
             first = pe.prefill([r])[0].header.first_token
-            assert compare(lm, list(r.prompt_token_ids), [first, *tokens.get(r.request_id, [])],
-                           r.params.max_tokens) in ("equal", "tie")
+            assert compare(
+                lm, list(r.prompt_token_ids), [first, *tokens.get(r.request_id, [])], r.params.max_tokens
+            ) in ("equal", "tie")
         s = loop.load()["stats"]
         assert s["inserted"] == 5 and s["max_blocked_ms"] < 50
     finally:

@@ -16,14 +16,27 @@ def test_smollm2_answers_a_question():
     lm = load_model("smollm2-135m")  # converts into $BATON_CACHE on first use (~25 s), then ~1 s
     assert lm.layout.num_layers == 30 and lm.limits.vocab_size == 49152
     specs = [
-        parse_spec({"id": "q", "messages": [{"role": "user", "content": "What is the capital of France?"}],
-                    "max_tokens": 16}, "q"),
+        parse_spec(
+            {
+                "id": "q",
+                "messages": [{"role": "user", "content": "What is the capital of France?"}],
+                "max_tokens": 16,
+            },
+            "q",
+        ),
         parse_spec({"id": "r", "prompt": "One, two, three, four,", "max_tokens": 12, "arrival_s": 0.05}, "r"),
     ]
     res, _ = run_specs(lm, EngineConfig(max_batch_size=4, max_seq_len=256), specs)
     assert "Paris" in res[0].text, res[0].text
     for c in res:
-        prompt = lm.tokenizer.apply_chat_template(
-            [{"role": "user", "content": "What is the capital of France?"}], add_generation_prompt=True,
-            tokenize=True, return_dict=False) if c.request_id == "q" else lm.tokenizer.encode("One, two, three, four,")
+        prompt = (
+            lm.tokenizer.apply_chat_template(
+                [{"role": "user", "content": "What is the capital of France?"}],
+                add_generation_prompt=True,
+                tokenize=True,
+                return_dict=False,
+            )
+            if c.request_id == "q"
+            else lm.tokenizer.encode("One, two, three, four,")
+        )
         assert compare(lm, list(prompt), c.token_ids, 16 if c.request_id == "q" else 12) in ("equal", "tie")

@@ -59,8 +59,10 @@ def test_baton_batch_matches_generate(tiny_lm, family):
     # The schedule must really exercise what it claims to.
     assert ev["shorter"] > 0 and ev["longer"] > 0, ev
     assert ev["left_mid_batch"] > 0 and ev["trims"] > 0 and ev["multi_prefill"] > 0, ev
-    verdicts = {r.request_id: compare(lm, list(r.prompt_token_ids), out[r.request_id], r.params.max_tokens)
-                for r in reqs}
+    verdicts = {
+        r.request_id: compare(lm, list(r.prompt_token_ids), out[r.request_id], r.params.max_tokens)
+        for r in reqs
+    }
     failures = {k: v for k, v in verdicts.items() if v not in ("equal", "tie")}
     assert not failures, failures
     # Ties are allowed but must stay rare, or the test would prove nothing.
@@ -73,9 +75,15 @@ def test_orca_batch_matches_generate_with_lone_padded_rows(tiny_lm):
     """orca: prompts ride in the padded forward; rows keep middle padding, even when left alone."""
     lm = tiny_lm("llama")
     # ignore_eos keeps rows alive past their neighbours, so lone rows with padding occur.
-    reqs = [Request(r.request_id, r.prompt_token_ids,
-                    SamplingParams(max_tokens=r.params.max_tokens, ignore_eos=True), r.seed)
-            for r in make_queries(lm, seed=13, n=24)]
+    reqs = [
+        Request(
+            r.request_id,
+            r.prompt_token_ids,
+            SamplingParams(max_tokens=r.params.max_tokens, ignore_eos=True),
+            r.seed,
+        )
+        for r in make_queries(lm, seed=13, n=24)
+    ]
     rng = random.Random(2)
     batch = DecodeBatch(lm, 6, capacity=900)
     out: dict[str, list[int]] = {}
@@ -84,8 +92,13 @@ def test_orca_batch_matches_generate_with_lone_padded_rows(tiny_lm):
     while pending or batch.rows:
         prompts = []
         if pending and batch.free_rows and (not batch.rows or rng.random() < 0.2):
-            state = BatchState(len(batch.rows), batch.free_rows, batch.cache.length, 899,
-                               max((r.params.max_tokens - len(r.tracker.token_ids) for r in batch.rows), default=0))
+            state = BatchState(
+                len(batch.rows),
+                batch.free_rows,
+                batch.cache.length,
+                899,
+                max((r.params.max_tokens - len(r.tracker.token_ids) for r in batch.rows), default=0),
+            )
             k = admit("orca", state, [Candidate(r.prompt_len, r.params.max_tokens) for r in pending])
             k = min(k, rng.randint(1, 2))
             prompts, pending = pending[:k], pending[k:]
@@ -103,7 +116,10 @@ def test_orca_batch_matches_generate_with_lone_padded_rows(tiny_lm):
         for f in res.finished:
             out[f.request_id] = f.token_ids
     assert lone_padded > 0
-    bad = {r.request_id: v for r in reqs
-           if (v := compare(lm, list(r.prompt_token_ids), out[r.request_id], r.params.max_tokens, True))
-           not in ("equal", "tie")}
+    bad = {
+        r.request_id: v
+        for r in reqs
+        if (v := compare(lm, list(r.prompt_token_ids), out[r.request_id], r.params.max_tokens, True))
+        not in ("equal", "tie")
+    }
     assert not bad, bad

@@ -26,8 +26,10 @@ def test_policy_exact(tiny_lm, policy):
     engine = LocalEngine(lm, EngineConfig(policy=policy, max_batch_size=8, max_seq_len=300))
     results = engine.run(trace_of(reqs))
     assert [c.request_id for c in results] == [r.request_id for r in reqs]
-    verdicts = [compare(lm, list(r.prompt_token_ids), c.token_ids, r.params.max_tokens)
-                for r, c in zip(reqs, results, strict=True)]
+    verdicts = [
+        compare(lm, list(r.prompt_token_ids), c.token_ids, r.params.max_tokens)
+        for r, c in zip(reqs, results, strict=True)
+    ]
     bad = [v for v in verdicts if v not in ("equal", "tie")]
     assert not bad, bad
     assert sum(v == "tie" for v in verdicts) <= 2
@@ -62,7 +64,9 @@ def test_seeded_sampling_same_alone_and_in_busy_batch(tiny_lm):
 
     params = SamplingParams(max_tokens=24, temperature=0.9, top_p=0.95, top_k=50, seed=1234, ignore_eos=True)
     target = Request("sampled", tuple(range(5, 45)), params, seed=1234)
-    alone = LocalEngine(lm, EngineConfig(policy="baton", max_batch_size=8, max_seq_len=300)).run([(target, 0)])
+    alone = LocalEngine(lm, EngineConfig(policy="baton", max_batch_size=8, max_seq_len=300)).run(
+        [(target, 0)]
+    )
     busy_reqs = make_queries(lm, seed=8, n=10)
     busy = [(r, 0.0) for r in busy_reqs] + [(target, 0.05)]
     for policy in ("baton", "orca", "colocated"):
@@ -112,10 +116,16 @@ def test_eos_finishes_unless_ignored(tiny_lm):
     c = eos[0]
     assert c.token_ids[-1] in lm.limits.eos_token_ids
     r = next(r for r in reqs if r.request_id == c.request_id)
-    ign = type(r)(r.request_id, r.prompt_token_ids, SamplingParams(max_tokens=r.params.max_tokens,
-                                                                    ignore_eos=True), r.seed)
+    ign = type(r)(
+        r.request_id,
+        r.prompt_token_ids,
+        SamplingParams(max_tokens=r.params.max_tokens, ignore_eos=True),
+        r.seed,
+    )
     out = LocalEngine(lm, EngineConfig(max_batch_size=8, max_seq_len=300)).run([(ign, 0.0)])[0]
     assert out.finish_reason == "length" and len(out.token_ids) == r.params.max_tokens
     assert out.token_ids[: len(c.token_ids)] == c.token_ids
     assert compare(lm, list(r.prompt_token_ids), out.token_ids, r.params.max_tokens, ignore_eos=True) in (
-        "equal", "tie")
+        "equal",
+        "tie",
+    )

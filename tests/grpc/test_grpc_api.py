@@ -32,7 +32,6 @@ TOKEN = "s3cret-token"
 REPO = Path(__file__).resolve().parents[2]
 
 
-
 def _self_signed(tmp: Path) -> tuple[bytes, bytes]:
     import ipaddress
 
@@ -44,29 +43,47 @@ def _self_signed(tmp: Path) -> tuple[bytes, bytes]:
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
     now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=1))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"),
-                                                        x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                           critical=False)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .sign(key, hashes.SHA256()))
-    return (cert.public_bytes(serialization.Encoding.PEM),
-            key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                              serialization.NoEncryption()))
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    return (
+        cert.public_bytes(serialization.Encoding.PEM),
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        ),
+    )
 
 
 @pytest.fixture(scope="module")
 def served(model_dir, tmp_path_factory):
     """One cluster (1 prefill + 1 decode worker), three servers: plain, auth, TLS."""
     os.environ["RAY_AUTH_MODE"] = "disabled"
-    ray.init(num_cpus=4, object_store_memory=300 * 1024**2, _node_ip_address="127.0.0.1",
-             include_dashboard=False, log_to_driver=False)
+    ray.init(
+        num_cpus=4,
+        object_store_memory=300 * 1024**2,
+        _node_ip_address="127.0.0.1",
+        include_dashboard=False,
+        log_to_driver=False,
+    )
     session = ray._private.worker._global_node.get_session_dir_path()
     folder = model_dir("llama")
-    cfg = ClusterConfig(model=str(folder), max_batch_size=8, max_seq_len=500, prefill_num_cpus=0.5,
-                        decode_num_cpus=0.5)
+    cfg = ClusterConfig(
+        model=str(folder), max_batch_size=8, max_seq_len=500, prefill_num_cpus=0.5, decode_num_cpus=0.5
+    )
     cluster = Cluster(cfg).start(log=lambda m: None)
     cert, key = _self_signed(tmp_path_factory.mktemp("tls"))
     ports = {"plain": free_port(), "auth": free_port(), "tls": free_port()}
@@ -82,8 +99,14 @@ def served(model_dir, tmp_path_factory):
         return servers
 
     servers = cluster.call(make())
-    yield {"cluster": cluster, "servers": servers, "ports": ports, "cert": cert, "folder": folder,
-           "target": f"127.0.0.1:{ports['plain']}"}
+    yield {
+        "cluster": cluster,
+        "servers": servers,
+        "ports": ports,
+        "cert": cert,
+        "folder": folder,
+        "target": f"127.0.0.1:{ports['plain']}",
+    }
     for s in servers.values():
         cluster.call(s.drain(1.0))
     cluster.shutdown()
@@ -106,8 +129,10 @@ def test_health_reflection_and_model_info(served):
     ch = grpc.insecure_channel(served["target"])
     h = health_pb2_grpc.HealthStub(ch)
     for service in ("", "baton.v1.Generation"):
-        assert h.Check(health_pb2.HealthCheckRequest(service=service)).status == \
-            health_pb2.HealthCheckResponse.SERVING
+        assert (
+            h.Check(health_pb2.HealthCheckRequest(service=service)).status
+            == health_pb2.HealthCheckResponse.SERVING
+        )
     refl = reflection_pb2_grpc.ServerReflectionStub(ch)
     resp = next(refl.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")])))
     names = {s.name for s in resp.list_services_response.service}
@@ -122,11 +147,14 @@ def test_16_concurrent_streams_match_offline_run(served, tiny_lm):
     lm = tiny_lm("llama")
     reqs = make_queries(lm, seed=41, n=16)
     offline = LocalEngine(lm, EngineConfig(policy="baton", max_batch_size=8, max_seq_len=300)).run(
-        [(r, 0.0) for r in reqs])
+        [(r, 0.0) for r in reqs]
+    )
 
     async def one(client, r):
         toks, text, complete = [], [], None
-        async for resp in client.generate(list(r.prompt_token_ids), max_tokens=r.params.max_tokens, stream=True):
+        async for resp in client.generate(
+            list(r.prompt_token_ids), max_tokens=r.params.max_tokens, stream=True
+        ):
             if resp.WhichOneof("kind") == "chunk":
                 toks += list(resp.chunk.token_ids)
                 text.append(resp.chunk.text)
@@ -153,8 +181,9 @@ def test_16_concurrent_streams_match_offline_run(served, tiny_lm):
             assert t.decode_worker == "decode-0" and t.kv_bytes > 0
     # Non-streaming: one message with every token and the text.
     with BatonClient(served["target"]) as c:
-        resps = list(c.generate(list(reqs[0].prompt_token_ids), max_tokens=reqs[0].params.max_tokens,
-                                stream=False))
+        resps = list(
+            c.generate(list(reqs[0].prompt_token_ids), max_tokens=reqs[0].params.max_tokens, stream=False)
+        )
         assert len(resps) == 1 and list(resps[0].complete.token_ids) == offline[0].token_ids
         assert resps[0].complete.text == offline[0].text
 
@@ -177,8 +206,9 @@ BAD = [
 
 def test_bad_inputs_invalid_argument_while_others_stream(served):
     with BatonClient(served["target"]) as c:
-        running = [c.generate(list(range(5, 30 + i)), max_tokens=60, ignore_eos=True, stream=True)
-                   for i in range(3)]
+        running = [
+            c.generate(list(range(5, 30 + i)), max_tokens=60, ignore_eos=True, stream=True) for i in range(3)
+        ]
         firsts = [next(s) for s in running]  # they are live now
         for kw, field in BAD:
             kw = dict(kw)
@@ -202,11 +232,14 @@ def test_full_queue_resource_exhausted(served):
     old = router.cfg
     router.cfg = dataclasses.replace(old, max_queue=1, prefill_ahead=0)
     try:
+
         async def flood():
             client = AsyncBatonClient(served["target"])
             try:
-                return await asyncio.gather(*(client.complete(list(range(5, 80)), max_tokens=30, ignore_eos=True)
-                                              for _ in range(40)), return_exceptions=True)
+                return await asyncio.gather(
+                    *(client.complete(list(range(5, 80)), max_tokens=30, ignore_eos=True) for _ in range(40)),
+                    return_exceptions=True,
+                )
             finally:
                 await client.close()
 
@@ -234,7 +267,9 @@ def test_cancel_and_deadline_free_the_row(served):
         assert e.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
         _wait_rows_free(c)
         # Abort by id: the stream ends with ABORT and the row is free.
-        call = c.generate(list(range(5, 15)), max_tokens=480, ignore_eos=True, stream=True, request_id="kill-me")
+        call = c.generate(
+            list(range(5, 15)), max_tokens=480, ignore_eos=True, stream=True, request_id="kill-me"
+        )
         next(call)
         assert c.abort("kill-me") is True
         last = list(call)[-1]
@@ -274,12 +309,18 @@ def test_cli_generate(served):
     env = dict(os.environ)
     env.pop("BATON_AUTH_TOKEN", None)
     base = [sys.executable, "-m", "baton.cli", "generate", "--server", served["target"]]
-    p = subprocess.run([*base, "The quick brown fox", "--max-tokens", "6", "--stream"], capture_output=True,
-                       text=True, timeout=120, env=env)
+    p = subprocess.run(
+        [*base, "The quick brown fox", "--max-tokens", "6", "--stream"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
     assert p.returncode == 0, p.stderr
     assert "6 tokens" in p.stderr or "eos" in p.stderr
-    p = subprocess.run([*base, "hello", "--temperature", "-2"], capture_output=True, text=True, timeout=120,
-                       env=env)
+    p = subprocess.run(
+        [*base, "hello", "--temperature", "-2"], capture_output=True, text=True, timeout=120, env=env
+    )
     assert p.returncode == 1 and "INVALID_ARGUMENT" in p.stderr and "temperature" in p.stderr
 
 
@@ -292,4 +333,5 @@ def test_committed_stubs_are_fresh(tmp_path):
     generate(tmp_path)
     for name in ("generation_pb2.py", "generation_pb2.pyi", "generation_pb2_grpc.py"):
         assert filecmp.cmp(tmp_path / "baton" / "v1" / name, REPO / "baton" / "v1" / name, shallow=False), (
-            f"baton/v1/{name} is stale: run python protos/generate.py")
+            f"baton/v1/{name} is stale: run python protos/generate.py"
+        )

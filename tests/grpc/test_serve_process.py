@@ -28,17 +28,40 @@ def test_serve_drains_on_sigterm(model_dir, tmp_path):
     env.pop("RAY_ADDRESS", None)
     env.pop("BATON_AUTH_TOKEN", None)
     log = open(tmp_path / "serve.log", "w")  # noqa: SIM115
-    proc = subprocess.Popen([sys.executable, "-m", "baton.cli", "serve", "--model", str(model_dir("gpt2")),
-                             "--port", str(port), "--max-seq-len", "300", "--prefill-num-cpus", "1",
-                             "--decode-num-cpus", "1", "--object-store-mb", "300", "--drain-grace", "60"],
-                            stdout=log, stderr=subprocess.STDOUT, env=env)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "baton.cli",
+            "serve",
+            "--model",
+            str(model_dir("gpt2")),
+            "--port",
+            str(port),
+            "--max-seq-len",
+            "300",
+            "--prefill-num-cpus",
+            "1",
+            "--decode-num-cpus",
+            "1",
+            "--object-store-mb",
+            "300",
+            "--drain-grace",
+            "60",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
     try:
         health = health_pb2_grpc.HealthStub(grpc.insecure_channel(f"127.0.0.1:{port}"))
         deadline = time.time() + 180
         status = None
         while time.time() < deadline and proc.poll() is None:
             try:
-                status = health.Check(health_pb2.HealthCheckRequest(service="baton.v1.Generation"), timeout=1).status
+                status = health.Check(
+                    health_pb2.HealthCheckRequest(service="baton.v1.Generation"), timeout=1
+                ).status
                 if status == health_pb2.HealthCheckResponse.SERVING:
                     break
             except grpc.RpcError:

@@ -31,8 +31,9 @@ def header(**kw) -> HandoffHeader:
         request_id="req-1",
         prompt_token_ids=list(PROMPT),
         first_token=42,
-        params=SamplingParams(max_tokens=9, temperature=0.7, top_p=0.9, top_k=5, seed=3, stop=["\n"],
-                              stop_token_ids=[4]).to_dict(),
+        params=SamplingParams(
+            max_tokens=9, temperature=0.7, top_p=0.9, top_k=5, seed=3, stop=["\n"], stop_token_ids=[4]
+        ).to_dict(),
         seed=2**63 - 1,
         model_fingerprint="abcdef0123456789",
         dtype="float32",
@@ -100,8 +101,11 @@ def test_handoff_header_property_and_nbytes():
 # --------------------------------------------------------------------------- KV bits
 @pytest.mark.parametrize(
     ("dtype", "name", "carrier"),
-    [(torch.float32, "float32", np.float32), (torch.bfloat16, "bfloat16", np.uint16),
-     (torch.float16, "float16", np.float16)],
+    [
+        (torch.float32, "float32", np.float32),
+        (torch.bfloat16, "bfloat16", np.uint16),
+        (torch.float16, "float16", np.float16),
+    ],
 )
 def test_kv_round_trip_bit_exact(dtype, name, carrier):
     t = kv_tensor(dtype)

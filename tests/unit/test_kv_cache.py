@@ -34,10 +34,12 @@ def kv(p: int, gen: torch.Generator | None = None) -> torch.Tensor:
 def real_kv(c: BatonKVCache, r: int) -> torch.Tensor:
     """Row ``r``'s real (unmasked) KV in window order, shaped like a handoff."""
     m = c.mask[r, c.start : c.end]
-    return torch.stack([
-        torch.stack([c.keys[i][r, :, c.start : c.end][:, m], c.values[i][r, :, c.start : c.end][:, m]])
-        for i in range(LAYOUT.num_layers)
-    ])
+    return torch.stack(
+        [
+            torch.stack([c.keys[i][r, :, c.start : c.end][:, m], c.values[i][r, :, c.start : c.end][:, m]])
+            for i in range(LAYOUT.num_layers)
+        ]
+    )
 
 
 def row_mask(c: BatonKVCache, r: int) -> list[bool]:
@@ -49,8 +51,9 @@ def insert(c: BatonKVCache, t: torch.Tensor) -> int:
     return c.add_row(t)
 
 
-def step(c: BatonKVCache, width: int = 1, new_mask: torch.Tensor | None = None,
-         gen: torch.Generator | None = None) -> torch.Tensor:
+def step(
+    c: BatonKVCache, width: int = 1, new_mask: torch.Tensor | None = None, gen: torch.Generator | None = None
+) -> torch.Tensor:
     """One forward of ``width`` columns as the decode batch does it; returns the written KV."""
     c.begin_forward(width)
     n = c.rows
@@ -459,7 +462,6 @@ def test_random_operations_match_reference(seed):
     assert grow_relocs + fwd_relocs == c.relocations
     # The sequence must have exercised the interesting paths (guards against a vacuous run).
     assert c.relocations > 0
-
 
 
 def test_random_operations_cover_both_relocation_paths():

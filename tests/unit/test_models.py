@@ -44,8 +44,16 @@ def test_resolve_dtype_unknown(name):
 
 def test_dtype_name_matches_handoff_names():
     for dt, name in [(torch.float32, "float32"), (torch.bfloat16, "bfloat16"), (torch.float16, "float16")]:
-        lm = LoadedModel(name="m", model=None, tokenizer=None, limits=None, layout=None, fingerprint="f",
-                         dtype=dt, device=torch.device("cpu"))
+        lm = LoadedModel(
+            name="m",
+            model=None,
+            tokenizer=None,
+            limits=None,
+            layout=None,
+            fingerprint="f",
+            dtype=dt,
+            device=torch.device("cpu"),
+        )
         assert lm.dtype_name == name
 
 

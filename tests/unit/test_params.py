@@ -159,11 +159,27 @@ def test_from_dict_sequence_types(kw, field):
 
 
 def test_round_trip_to_dict_from_dict():
-    p = SamplingParams(max_tokens=17, temperature=0.8, top_p=0.9, top_k=40, seed=2**62 + 5,
-                       stop=["\n", "END"], stop_token_ids=[2, 7], ignore_eos=True)
+    p = SamplingParams(
+        max_tokens=17,
+        temperature=0.8,
+        top_p=0.9,
+        top_k=40,
+        seed=2**62 + 5,
+        stop=["\n", "END"],
+        stop_token_ids=[2, 7],
+        ignore_eos=True,
+    )
     d = p.to_dict()
-    assert d == {"max_tokens": 17, "temperature": 0.8, "top_p": 0.9, "top_k": 40, "seed": 2**62 + 5,
-                 "stop": ["\n", "END"], "stop_token_ids": [2, 7], "ignore_eos": True}
+    assert d == {
+        "max_tokens": 17,
+        "temperature": 0.8,
+        "top_p": 0.9,
+        "top_k": 40,
+        "seed": 2**62 + 5,
+        "stop": ["\n", "END"],
+        "stop_token_ids": [2, 7],
+        "ignore_eos": True,
+    }
     assert isinstance(d["stop"], list) and isinstance(d["stop_token_ids"], list)
     assert SamplingParams.from_dict(d) == p
     assert SamplingParams.from_dict(SamplingParams().to_dict()) == SamplingParams()

@@ -12,8 +12,9 @@ from baton.core.policy import BatchState, Candidate, admit, prefill_budget
 
 
 def state(live=0, free=4, window=0, capacity=100, max_remaining=0) -> BatchState:
-    return BatchState(live_rows=live, free_rows=free, window=window, capacity=capacity,
-                      max_remaining=max_remaining)
+    return BatchState(
+        live_rows=live, free_rows=free, window=window, capacity=capacity, max_remaining=max_remaining
+    )
 
 
 def cands(*pairs) -> list[Candidate]:
@@ -23,8 +24,13 @@ def cands(*pairs) -> list[Candidate]:
 def test_module_is_pure():
     # The policy module documents itself as pure: importing it must not drag torch or Ray in.
     code = "import sys, baton.core.policy; print('torch' in sys.modules, 'ray' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         cwd=Path(__file__).resolve().parents[2])
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(__file__).resolve().parents[2],
+    )
     assert out.stdout.split() == ["False", "False"]
 
 
@@ -48,7 +54,9 @@ def test_static_empty_batch_respects_capacity_fifo():
 # --------------------------------------------------------------------------- baton / colocated
 @pytest.mark.parametrize("policy", ["baton", "colocated"])
 def test_insertion_policies_admit_while_rows_live(policy):
-    assert admit(policy, state(live=3, free=2, window=50, max_remaining=40), cands((5, 5), (5, 5), (5, 5))) == 2
+    assert (
+        admit(policy, state(live=3, free=2, window=50, max_remaining=40), cands((5, 5), (5, 5), (5, 5))) == 2
+    )
 
 
 @pytest.mark.parametrize("policy", ["baton", "colocated"])
@@ -78,7 +86,10 @@ def test_insertion_policies_stop_at_first_misfit(policy):
 # --------------------------------------------------------------------------- orca
 def test_orca_admits_into_running_batch_when_window_allows():
     # window 10 + widest prompt 5 + longest remaining 20 = 35 <= 40
-    assert admit("orca", state(live=2, free=2, window=10, capacity=40, max_remaining=20), cands((5, 3), (4, 3))) == 2
+    assert (
+        admit("orca", state(live=2, free=2, window=10, capacity=40, max_remaining=20), cands((5, 3), (4, 3)))
+        == 2
+    )
 
 
 def test_orca_window_bound():

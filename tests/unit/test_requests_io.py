@@ -19,14 +19,35 @@ def test_minimal_prompt_defaults():
 
 
 def test_all_fields():
-    s = parse_spec({"id": 42, "arrival_s": 1, "prompt_token_ids": [3, 4, 5], "max_tokens": 7,
-                    "temperature": 0.5, "top_p": 0.9, "top_k": 3, "seed": 11, "stop": "X",
-                    "stop_token_ids": [9], "ignore_eos": True}, "dflt")
+    s = parse_spec(
+        {
+            "id": 42,
+            "arrival_s": 1,
+            "prompt_token_ids": [3, 4, 5],
+            "max_tokens": 7,
+            "temperature": 0.5,
+            "top_p": 0.9,
+            "top_k": 3,
+            "seed": 11,
+            "stop": "X",
+            "stop_token_ids": [9],
+            "ignore_eos": True,
+        },
+        "dflt",
+    )
     assert s.request_id == "42"  # ints are accepted and stringified
     assert s.arrival_s == 1.0 and isinstance(s.arrival_s, float)
     assert s.prompt_token_ids == (3, 4, 5)
-    assert s.params == SamplingParams(max_tokens=7, temperature=0.5, top_p=0.9, top_k=3, seed=11, stop=("X",),
-                                      stop_token_ids=(9,), ignore_eos=True)
+    assert s.params == SamplingParams(
+        max_tokens=7,
+        temperature=0.5,
+        top_p=0.9,
+        top_k=3,
+        seed=11,
+        stop=("X",),
+        stop_token_ids=(9,),
+        ignore_eos=True,
+    )
 
 
 def test_messages():

@@ -85,7 +85,7 @@ def test_row_independent_of_batch_mates():
         for trial in range(4):
             rows = 1 + trial
             others = torch.randn(rows, vocab, generator=g) * 4
-            batch = torch.cat([others[: trial % rows], target[None], others[trial % rows:]])
+            batch = torch.cat([others[: trial % rows], target[None], others[trial % rows :]])
             pos = trial % rows
             params = [SamplingParams(temperature=1.3, seed=trial)] * batch.shape[0]
             params[pos] = p
