@@ -96,7 +96,7 @@ def _add_cluster_args(p: argparse.ArgumentParser) -> None:
 
 
 def cluster_config(args: argparse.Namespace):
-    from cluster.ray_cluster import ClusterConfig, parse_resources
+    from baton.core.config import ClusterConfig, parse_resources
 
     gpus = 1.0 if args.device.startswith("cuda") else 0.0
     return ClusterConfig(

@@ -1,14 +1,15 @@
 """Single-process engine: replays a request trace through a prefill engine and a decode batch.
 
-Each loop iteration is schedule (policy.admit), run (one decode step), postprocess (emit tokens,
-finish rows). ``baton`` runs the prefill engine on its own thread with its own share of the
-cores, so decode steps never wait for a prefill; the other policies run everything on one
-thread, which is exactly what they are meant to show. The Ray cluster (``cluster.ray_cluster``)
-runs the same two engines in separate actors.
+Each loop iteration is schedule (who joins the batch, per policy), run (one decode step),
+postprocess (record, finish rows). ``baton`` runs the prefill engine on its own thread
+(``PrefillThread``) with its own share of the cores, so decode steps never wait for a prefill; the
+other policies run everything on one thread, which is exactly what they are meant to show. The
+Ray cluster (``cluster.ray_cluster``) runs the same two engines in separate actors.
 """
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 import time
@@ -20,10 +21,11 @@ import torch
 
 from baton.core.config import EngineConfig
 from baton.core.handoff import KVHandoff
+from baton.core.messages import Stamps, Timings
 from baton.core.models import LoadedModel
 from baton.core.policy import BatchState, Candidate, admit, prefill_budget
 from baton.core.request import Completion, Request
-from decode_worker.batch import DecodeBatch, Finished, StepResult
+from decode_worker.batch import DecodeBatch, FinishedRow, StepResult
 from prefill_worker.engine import PrefillEngine
 
 
@@ -44,14 +46,104 @@ class RunStats:
     joins_live: int = 0  # queries that joined while other rows were live
     step_log: list[tuple[int, int, int, float]] = field(default_factory=list)  # rows, width, q, ms
 
+    def record(self, res: StepResult) -> None:
+        self.steps += 1
+        self.row_steps += res.rows * res.query_len
+        self.pad_row_steps += res.rows * res.query_len - res.rows
+        self.forward_ms += res.forward_ms
+        self.padding_cells += res.padding_cells
+        self.attended_cells += res.rows * res.width
+        self.step_log.append((res.rows, res.width, res.query_len, res.forward_ms))
+
     def to_dict(self) -> dict[str, Any]:
         d = {k: v for k, v in self.__dict__.items() if k != "step_log"}
         d["padding_share"] = self.padding_cells / self.attended_cells if self.attended_cells else 0.0
         return d
 
 
-def _ms(a: float, b: float) -> float:
-    return round((b - a) * 1e3, 3)
+class _Trace:
+    """A run's requests: not yet arrived, waiting for admission, and done."""
+
+    def __init__(self, trace: list[tuple[Request, float]]):
+        self.order = [r.request_id for r, _ in trace]
+        self.future = deque(sorted(trace, key=lambda x: x[1]))
+        self.waiting: deque[Request] = deque()
+        self.done: dict[str, Completion] = {}
+        self.t0 = time.time()
+
+    @property
+    def complete(self) -> bool:
+        return len(self.done) == len(self.order)
+
+    def arrive(self, now: float) -> None:
+        """Move requests whose arrival offset has passed into ``waiting``, stamped with it."""
+        while self.future and self.future[0][1] <= now - self.t0:
+            req, off = self.future.popleft()
+            self.waiting.append(
+                Request(req.request_id, req.prompt_token_ids, req.params, req.seed, arrival=self.t0 + off)
+            )
+
+    def next_arrival_in(self) -> float:
+        return self.future[0][1] - (time.time() - self.t0) if self.future else 0.0
+
+    def results(self) -> list[Completion]:
+        return [self.done[i] for i in self.order]
+
+
+class PrefillThread:
+    """``baton`` in one process: the prefill side on its own thread and its own torch threads.
+
+    It starts no more prefills than the decode batch has free rows (+ ``ahead``): space is reserved
+    before the work starts. Finished handoffs wait in ``ready`` for the decode loop.
+    """
+
+    def __init__(self, engine: LocalEngine, trace: _Trace, threads: int):
+        self.engine = engine
+        self.trace = trace
+        self.threads = threads
+        self.ready: queue.Queue[KVHandoff] = queue.Queue()
+        self.lock = threading.Condition()
+        self.in_flight = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="baton-prefill", daemon=True)
+
+    def start(self) -> PrefillThread:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        with self.lock:
+            self.lock.notify_all()
+        self._thread.join(timeout=30)
+
+    def arrive(self, now: float) -> None:
+        with self.lock:
+            self.trace.arrive(now)
+            self.lock.notify_all()
+
+    def _take(self) -> list[Request]:
+        with self.lock:
+            budget = prefill_budget(
+                self.ready.qsize(), self.in_flight, self.engine.batch.free_rows, self.engine.cfg.prefill_ahead
+            )
+            waiting = self.trace.waiting
+            take = [waiting.popleft() for _ in range(min(budget, len(waiting)))]
+            self.in_flight += len(take)
+            if not take:
+                self.lock.wait(0.005)
+            return take
+
+    def _loop(self) -> None:
+        torch.set_num_threads(self.threads)
+        while not self._stop.is_set():
+            take = self._take()
+            if not take:
+                continue
+            for h in self.engine.prefill(take):
+                self.ready.put(h)
+            with self.lock:
+                self.in_flight -= len(take)
 
 
 class LocalEngine:
@@ -64,6 +156,90 @@ class LocalEngine:
         self.batch = DecodeBatch(lm, cfg.max_batch_size, self.limits.context_length + 1)
         self.stats = RunStats()
 
+    # ------------------------------------------------------------------ the run
+    def run(self, trace: list[tuple[Request, float]]) -> list[Completion]:
+        """Replay ``(request, arrival offset in s)`` pairs in real time; completions in input order."""
+        run = _Trace(trace)
+        with self._prefill_side(run) as prefill:
+            while not run.complete:
+                self._arrive(run, prefill)
+                prompts = self._schedule(run, prefill)
+                if not self.batch.rows and not prompts:
+                    self._idle(run, prefill)
+                    continue
+                stamps = [Stamps(arrival=r.arrival, prefill_start=time.time()) for r in prompts]
+                res = self.batch.step(prompts, stamps)
+                self._postprocess(run, res, stamps)
+        return run.results()
+
+    @contextlib.contextmanager
+    def _prefill_side(self, run: _Trace):
+        """``baton``: a PrefillThread with half the threads; the others: everything on this thread."""
+        threads = self.cfg.total_threads
+        prev = torch.get_num_threads()
+        prefill = None
+        if self.cfg.policy == "baton":
+            prefill = PrefillThread(self, run, max(1, threads // 2))
+            torch.set_num_threads(max(1, threads - threads // 2))
+            prefill.start()
+        else:
+            torch.set_num_threads(threads)
+        try:
+            yield prefill
+        finally:
+            if prefill is not None:
+                prefill.stop()
+            torch.set_num_threads(prev)
+
+    def _arrive(self, run: _Trace, prefill: PrefillThread | None) -> None:
+        if prefill is not None:
+            prefill.arrive(time.time())
+        else:
+            run.arrive(time.time())
+
+    def _schedule(self, run: _Trace, prefill: PrefillThread | None) -> list[Request]:
+        """Admit waiting work before the next step. Returns orca prompts for the step to compute."""
+        live = bool(self.batch.rows)
+        if prefill is not None:  # baton: insert every ready handoff there is room for
+            while self.batch.free_rows > 0:
+                try:
+                    self._insert(run, prefill.ready.get_nowait(), live)
+                except queue.Empty:
+                    break
+            return []
+        k = admit(
+            self.cfg.policy,
+            self._state(),
+            [Candidate(r.prompt_len, r.params.max_tokens) for r in run.waiting],
+        )
+        take = [run.waiting.popleft() for _ in range(k)]
+        if take and self.cfg.policy == "orca":
+            self.stats.joins_live += len(take) if live else 0
+            return take
+        if take:  # static / colocated: the decode side prefills them itself, its rows stalled
+            t0 = time.time()
+            for h in self.prefill(take):
+                self._insert(run, h, live)
+            if live:
+                self.stats.stall_ms += (time.time() - t0) * 1e3
+        return []
+
+    def _idle(self, run: _Trace, prefill: PrefillThread | None) -> None:
+        """Nothing to decode: wait for a ready handoff or the next arrival."""
+        if prefill is not None:
+            with contextlib.suppress(queue.Empty):
+                self._insert(run, prefill.ready.get(timeout=0.002), False)
+        elif not run.waiting and run.future:
+            time.sleep(max(0.0, min(0.01, run.next_arrival_in())))
+
+    def _postprocess(self, run: _Trace, res: StepResult, orca_stamps: list[Stamps]) -> None:
+        now = time.time()
+        self.stats.record(res)
+        for st in orca_stamps:  # orca prompts got their first token from this very step
+            st.prefill_end = st.first_token = now
+        for f in res.finished:
+            run.done[f.request_id] = self._complete(f, now)
+
     # ------------------------------------------------------------------ helpers
     def _state(self) -> BatchState:
         rows = self.batch.rows
@@ -75,168 +251,33 @@ class LocalEngine:
             max_remaining=max((r.params.max_tokens - len(r.tracker.token_ids) for r in rows), default=0),
         )
 
-    def _complete(self, fin: Finished, now: float) -> Completion:
-        info = fin.info
-        arrival = info["arrival"]
-        timings = {
-            "queue": _ms(arrival, info.get("prefill_start", arrival)),
-            "prefill": _ms(info.get("prefill_start", arrival), info.get("prefill_end", arrival)),
-            "ttft": _ms(arrival, info.get("first_token", now)),
-            "total": _ms(arrival, now),
-        }
-        if "inserted" in info:
-            timings["kv_transfer"] = _ms(info["prefill_end"], info["inserted"])
-            timings["kv_bytes"] = info.get("kv_bytes", 0)
-        return Completion(fin.request_id, fin.token_ids, fin.text, fin.finish_reason, fin.prompt_len, timings)
-
-    def _insert(self, h: KVHandoff, now: float, live: bool) -> Completion | None:
-        hd = h.header
-        t = hd.timings
-        info = {
-            "arrival": t["arrival"],
-            "prefill_start": t["prefill_start"],
-            "prefill_end": t["prefill_end"],
-            "first_token": t["prefill_end"],
-            "inserted": now,
-            "kv_bytes": h.nbytes,
-        }
-        self.stats.kv_bytes += h.nbytes
-        self.stats.joins_live += live
-        fin = self.batch.insert(h, info)
-        return self._complete(fin, now) if fin else None
-
-    def _record(self, res: StepResult) -> None:
-        s = self.stats
-        s.steps += 1
-        s.row_steps += res.rows * res.query_len
-        s.pad_row_steps += res.rows * res.query_len - res.rows
-        s.forward_ms += res.forward_ms
-        s.padding_cells += res.padding_cells
-        s.attended_cells += res.rows * res.width
-        s.step_log.append((res.rows, res.width, res.query_len, res.forward_ms))
-
-    def _prefill(self, reqs: list[Request]) -> list[KVHandoff]:
+    def prefill(self, reqs: list[Request]) -> list[KVHandoff]:
         t0 = time.perf_counter()
         out = self.prefill_engine.prefill(reqs)
         self.stats.prefill_ms += (time.perf_counter() - t0) * 1e3
         self.stats.prefills += 1
         return out
 
-    # ------------------------------------------------------------------ the run
-    def run(self, trace: list[tuple[Request, float]]) -> list[Completion]:
-        """Replay ``(request, arrival offset in s)`` pairs in real time; completions in input order."""
-        policy = self.cfg.policy
-        order = [r.request_id for r, _ in trace]
-        pending = deque(sorted(trace, key=lambda x: x[1]))
-        waiting: deque[Request] = deque()
-        done: dict[str, Completion] = {}
-        t_start = time.time()
-        threads = self.cfg.total_threads
-        prev_threads = torch.get_num_threads()
+    def _insert(self, run: _Trace, h: KVHandoff, live: bool) -> None:
+        stamps = Stamps.from_header(h.header.timings, h.nbytes)
+        stamps.inserted = time.time()
+        self.stats.kv_bytes += h.nbytes
+        self.stats.joins_live += live
+        fin = self.batch.insert(h, stamps)
+        if fin is not None:
+            run.done[fin.request_id] = self._complete(fin, stamps.inserted)
 
-        ready: queue.Queue = queue.Queue()
-        prefill_thread = None
-        in_flight = [0]
-        lock = threading.Condition()
-        stop = threading.Event()
-
-        def arrive(now: float) -> None:
-            while pending and pending[0][1] <= now - t_start:
-                req, off = pending.popleft()
-                waiting.append(
-                    Request(req.request_id, req.prompt_token_ids, req.params, req.seed, arrival=t_start + off)
-                )
-
-        def prefill_loop() -> None:  # baton: the prefill side, on its own thread and cores
-            torch.set_num_threads(max(1, threads // 2))
-            while not stop.is_set():
-                with lock:
-                    budget = prefill_budget(
-                        ready.qsize(), in_flight[0], self.batch.free_rows, self.cfg.prefill_ahead
-                    )
-                    take = [waiting.popleft() for _ in range(min(budget, len(waiting)))]
-                    in_flight[0] += len(take)
-                    if not take:
-                        lock.wait(0.005)
-                        continue
-                for h in self._prefill(take):
-                    ready.put(h)
-                with lock:
-                    in_flight[0] -= len(take)
-
-        try:
-            if policy == "baton":
-                torch.set_num_threads(max(1, threads - threads // 2))
-                prefill_thread = threading.Thread(target=prefill_loop, name="baton-prefill", daemon=True)
-                prefill_thread.start()
-            else:
-                torch.set_num_threads(threads)
-
-            while len(done) < len(order):
-                now = time.time()
-                with lock:
-                    arrive(now)
-                    lock.notify_all()
-                state = self._state()
-                orca_prompts: list[Request] = []
-                if policy == "baton":
-                    while self.batch.free_rows > 0:
-                        try:
-                            h = ready.get_nowait()
-                        except queue.Empty:
-                            break
-                        c = self._insert(h, time.time(), state.live_rows > 0)
-                        if c:
-                            done[c.request_id] = c
-                else:
-                    cands = [Candidate(r.prompt_len, r.params.max_tokens) for r in waiting]
-                    k = admit(policy, state, cands)
-                    take = [waiting.popleft() for _ in range(k)]
-                    if take and policy == "orca":
-                        orca_prompts = take
-                        self.stats.joins_live += len(take) if self.batch.rows else 0
-                    elif take:
-                        t0 = time.time()
-                        for h in self._prefill(take):
-                            c = self._insert(h, time.time(), state.live_rows > 0)
-                            if c:
-                                done[c.request_id] = c
-                        if state.live_rows:  # the running rows sat idle for this prefill
-                            self.stats.stall_ms += (time.time() - t0) * 1e3
-
-                if not self.batch.rows and not orca_prompts:
-                    # Idle: nothing to decode. Sleep until the next arrival or a ready handoff.
-                    if policy == "baton":
-                        try:
-                            h = ready.get(timeout=0.002)
-                            c = self._insert(h, time.time(), False)
-                            if c:
-                                done[c.request_id] = c
-                        except queue.Empty:
-                            pass
-                    elif not waiting and pending:
-                        time.sleep(max(0.0, min(0.01, pending[0][1] - (time.time() - t_start))))
-                    continue
-
-                infos = [{"arrival": r.arrival, "prefill_start": time.time()} for r in orca_prompts]
-                res = self.batch.step(orca_prompts, infos)
-                now = time.time()
-                self._record(res)
-                if orca_prompts:
-                    for row in self.batch.rows:
-                        if "prefill_end" not in row.info and "arrival" in row.info:
-                            row.info.update(prefill_end=now, first_token=now)
-                    for f in res.finished:
-                        f.info.setdefault("prefill_end", now)
-                        f.info.setdefault("first_token", now)
-                for f in res.finished:
-                    done[f.request_id] = self._complete(f, now)
-        finally:
-            stop.set()
-            if prefill_thread is not None:
-                prefill_thread.join(timeout=30)
-            torch.set_num_threads(prev_threads)
-        return [done[i] for i in order]
+    @staticmethod
+    def _complete(fin: FinishedRow, now: float) -> Completion:
+        timings = Timings.of(fin.stamps, now) if fin.stamps else None
+        return Completion(
+            fin.request_id,
+            fin.token_ids,
+            fin.text,
+            fin.finish_reason,
+            fin.prompt_len,
+            timings.to_dict() if timings else {},
+        )
 
 
 def run_specs(lm: LoadedModel, cfg: EngineConfig, specs: list[Any]) -> tuple[list[Completion], RunStats]:

@@ -11,73 +11,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict
 from typing import Any
 
-from baton.core.config import default_prefill_tokens
+from baton.core.config import ClusterConfig, parse_resources  # noqa: F401  (re-exported)
 from baton.core.errors import BatonError
 from baton.core.params import ModelLimits
 from baton.core.request import Completion, Request
-from cluster.router import Chunk, Router, RouterConfig
-
-
-@dataclass(frozen=True)
-class ClusterConfig:
-    model: str = "smollm2-135m"
-    device: str = "cpu"
-    dtype: str = "auto"
-    prefill_workers: int = 1
-    decode_workers: int = 1
-    max_batch_size: int = 32
-    max_seq_len: int = 2048
-    max_prefill_tokens: int = 0  # padded tokens per prefill call; 0: default_prefill_tokens(device)
-    prefill_ahead: int = 8
-    max_queue: int = 1024
-    prefill_num_cpus: float = 1.0
-    decode_num_cpus: float = 1.0
-    prefill_num_gpus: float = 0.0
-    decode_num_gpus: float = 0.0
-    prefill_resources: dict = field(default_factory=dict)
-    decode_resources: dict = field(default_factory=dict)
-    ray_address: str | None = None
-    object_store_bytes: int = 2 * 1024**3
-    ray_num_cpus: int | None = None  # local Ray only: logical CPUs (default: enough for the workers)
-
-    def __post_init__(self) -> None:
-        if self.max_prefill_tokens == 0:
-            object.__setattr__(self, "max_prefill_tokens", default_prefill_tokens(self.device))
-        for name in (
-            "prefill_workers",
-            "decode_workers",
-            "max_batch_size",
-            "max_seq_len",
-            "max_prefill_tokens",
-        ):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name}: must be >= 1, got {getattr(self, name)}")
-        if self.device.startswith("cuda") and (self.prefill_num_gpus <= 0 or self.decode_num_gpus <= 0):
-            raise ValueError("device: cuda workers need --prefill-num-gpus and --decode-num-gpus > 0")
-
-    @property
-    def threads(self) -> tuple[int, int]:
-        return max(1, int(self.prefill_num_cpus)), max(1, int(self.decode_num_cpus))
-
-
-def parse_resources(text: str | None, name: str) -> dict:
-    if not text:
-        return {}
-    try:
-        d = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{name}: not JSON ({e.msg}); expected e.g. '{{\"baton_prefill\": 1}}'") from e
-    if not isinstance(d, dict) or not all(isinstance(v, (int, float)) for v in d.values()):
-        raise ValueError(f"{name}: must be a JSON object of resource name -> amount")
-    return d
+from cluster.router import Chunk, Router
 
 
 def init_ray(cfg: ClusterConfig) -> bool:
@@ -103,13 +48,8 @@ def init_ray(cfg: ClusterConfig) -> bool:
 
 
 class Cluster:
-    def __init__(self, cfg: ClusterConfig, router_cfg: RouterConfig | None = None):
+    def __init__(self, cfg: ClusterConfig):
         self.cfg = cfg
-        self.router_cfg = router_cfg or RouterConfig(
-            max_queue=cfg.max_queue,
-            max_prefill_tokens=cfg.max_prefill_tokens,
-            prefill_ahead=cfg.prefill_ahead,
-        )
         self.prefill_actors: list[Any] = []
         self.decode_actors: list[Any] = []
         self.infos: list[dict] = []
@@ -177,13 +117,15 @@ class Cluster:
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, name="baton-router", daemon=True)
         self._thread.start()
-        rows = [i["load"]["max_rows"] for i in self.infos if i["role"] == "decode"]
+        rows = [i["max_rows"] for i in self.infos if i["role"] == "decode"]
+        padded = any(i.get("padded_prefill", True) for i in self.infos if i["role"] == "prefill")
 
         async def make() -> Router:
             r = Router(
                 [(f"prefill-{i}", a) for i, a in enumerate(self.prefill_actors)],
                 [(f"decode-{i}", a, rows[i]) for i, a in enumerate(self.decode_actors)],
-                self.router_cfg,
+                cfg,
+                padded_prefill=padded,
             )
             await r.start()
             return r
@@ -243,9 +185,10 @@ class Cluster:
         return self.call(go())
 
     def decode_stats(self) -> list[dict]:
+        """Each decode worker's load (``WorkerLoad`` as a dict, its ``stats`` included)."""
         import ray
 
-        return ray.get([a.load.remote() for a in self.decode_actors])
+        return [asdict(load) for load in ray.get([a.load.remote() for a in self.decode_actors])]
 
     def run_trace(self, trace: list[tuple[Request, float]]) -> list[Completion]:
         """Replay (request, arrival offset s) pairs in real time; completions in input order."""

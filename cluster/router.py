@@ -1,9 +1,10 @@
 """The router: admission, placement of prefill and decode, request state. asyncio, in the driver.
 
-It never touches KV bytes: a prefill worker returns (header, [ObjectRef]) per query and the router
-passes the ref on to the chosen decode worker, which fetches the bytes itself (prefill node ->
-decode node directly). The first token is delivered as soon as its prefill returns. A handoff
-that finds every decode worker full waits in ``pending`` (it is never dropped) until rows free up.
+It never touches KV bytes: a prefill worker returns a ``PrefillResult`` (header, [ObjectRef]) per
+query and the router passes the ref on to the chosen decode worker, which fetches the bytes itself
+(prefill node -> decode node directly). The first token is delivered as soon as its prefill
+returns. A handoff that finds every decode worker full waits in ``pending`` (it is never dropped)
+until rows free up. Decode workers report through ``EventBatch``es, one long poll per worker.
 """
 
 from __future__ import annotations
@@ -12,12 +13,14 @@ import asyncio
 import itertools
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from baton.core.config import ClusterConfig
 from baton.core.errors import BatonError
 from baton.core.handoff import HandoffHeader
-from baton.core.policy import prefill_budget
+from baton.core.messages import EventBatch, PrefillResult, Stamps, StepEvents, Timings, WorkerLoad
+from baton.core.policy import prefill_budget, prefill_take
 from baton.core.request import Completion, Request
 
 
@@ -27,15 +30,6 @@ class QueueFull(BatonError):
 
 class NoWorkers(BatonError):
     """No worker can take work (gRPC: UNAVAILABLE)."""
-
-
-@dataclass(frozen=True)
-class RouterConfig:
-    max_queue: int = 1024  # waiting requests before QueueFull
-    max_prefill_tokens: int = 4096  # padded tokens per prefill call
-    prefill_calls_per_worker: int = 2  # outstanding prefill calls per worker
-    prefill_ahead: int = 8  # handoffs prefilled beyond the decode side's free rows
-    poll_timeout_s: float = 0.5
 
 
 @dataclass
@@ -48,12 +42,12 @@ class Chunk:
 class RequestState:
     req: Request
     out: asyncio.Queue  # Chunk ... then Completion
+    stamps: Stamps
     tokens: list[int] = field(default_factory=list)
     text: list[str] = field(default_factory=list)
-    t: dict[str, float] = field(default_factory=dict)
     prefill_worker: str = ""
     decode_worker: str = ""
-    kv_bytes: int = 0
+    abort_requested: bool = False  # aborted while in prefill: dropped when the prefill returns
     done: bool = False
 
 
@@ -66,8 +60,15 @@ class _Worker:
     outstanding_tokens: int = 0  # prefill: prompt tokens in calls not yet returned
     calls: int = 0
     dispatched: int = 0  # calls ever sent: equally loaded workers take turns
-    load: dict = field(default_factory=dict)
+    load: WorkerLoad | None = None
     dead: bool = False
+
+
+@dataclass(frozen=True)
+class _Pending:
+    state: RequestState
+    header_bytes: bytes
+    kv_refs: list
 
 
 def _actor_died(e: Exception) -> bool:
@@ -78,17 +79,20 @@ def _actor_died(e: Exception) -> bool:
     return isinstance(e, (ActorDiedError, RayActorError, ActorUnavailableError))
 
 
-def _ms(a: float | None, b: float | None) -> float:
-    return round((b - a) * 1e3, 3) if a is not None and b is not None else 0.0
-
-
 class Router:
-    def __init__(self, prefill: list[tuple[str, Any]], decode: list[tuple[str, Any, int]], cfg: RouterConfig):
+    def __init__(
+        self,
+        prefill: list[tuple[str, Any]],
+        decode: list[tuple[str, Any, int]],
+        cfg: ClusterConfig,
+        padded_prefill: bool = True,
+    ):
         self.cfg = cfg
+        self.padded_prefill = padded_prefill  # the prefill runtime pays for padding (HF) or not
         self.prefill = [_Worker(h, wid) for wid, h in prefill]
         self.decode = [_Worker(h, wid, max_rows=rows) for wid, h, rows in decode]
         self.waiting: deque[RequestState] = deque()
-        self.pending: deque[tuple[RequestState, bytes, list]] = deque()  # prefilled, no decode row yet
+        self.pending: deque[_Pending] = deque()  # prefilled, no decode row yet
         self.states: dict[str, RequestState] = {}
         self.in_prefill = 0
         self._wake = asyncio.Event()
@@ -97,8 +101,6 @@ class Router:
         self.max_pending = 0  # most handoffs ever waiting for a decode row
         self._ids = itertools.count()
         self.closed = False
-        self.refs_seen: list[Any] = []  # every KV object the router handled (tests: refs only)
-        self.track_refs = False
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -132,7 +134,7 @@ class Router:
         if any(not w.dead for w in self.decode):
             return
         while self.pending:
-            self._finish(self.pending.popleft()[0], "abort", error="no decode worker is available")
+            self._finish(self.pending.popleft().state, "abort", error="no decode worker is available")
         if not any(not w.dead for w in self.prefill):
             while self.waiting:
                 self._finish(self.waiting.popleft(), "abort", error="no prefill worker is available")
@@ -150,8 +152,7 @@ class Router:
             raise BatonError(f"request_id: {req.request_id!r} is already in flight")
         if len(self.waiting) >= self.cfg.max_queue:
             raise QueueFull(f"admission queue is full ({self.cfg.max_queue} waiting)")
-        st = RequestState(req, asyncio.Queue())
-        st.t["arrival"] = req.arrival
+        st = RequestState(req, asyncio.Queue(), Stamps(arrival=req.arrival))
         self.states[req.request_id] = st
         self.waiting.append(st)
         self._wake.set()
@@ -166,7 +167,7 @@ class Router:
             self._finish(st, "abort")
             return True
         for item in list(self.pending):
-            if item[0] is st:
+            if item.state is st:
                 self.pending.remove(item)
                 self._finish(st, "abort")
                 return True
@@ -174,7 +175,7 @@ class Router:
             w = next(w for w in self.decode if w.worker_id == st.decode_worker)
             await w.handle.abort.remote(request_id)  # its row frees within one step
         else:
-            st.t["abort_requested"] = time.time()  # still in prefill: dropped when it returns
+            st.abort_requested = True  # still in prefill: dropped when it returns
         return True
 
     def server_info(self) -> dict:
@@ -191,7 +192,7 @@ class Router:
                     "worker_id": w.worker_id,
                     "assigned": w.assigned,
                     "dead": w.dead,
-                    **w.load,
+                    **(asdict(w.load) if w.load else {}),
                     "max_rows": w.max_rows,
                 }
                 for w in self.decode
@@ -215,28 +216,21 @@ class Router:
                     break
                 w = min(idle, key=lambda x: (x.outstanding_tokens, x.calls, x.dispatched))
                 w.dispatched += 1
-                batch = self._take_batch(budget)
+                count = prefill_take(
+                    [st.req.prompt_len for st in self.waiting],
+                    self.cfg.max_prefill_tokens,
+                    budget,
+                    self.padded_prefill,
+                )
+                batch = [self.waiting.popleft() for _ in range(count)]
                 tokens = sum(st.req.prompt_len for st in batch)
                 w.outstanding_tokens += tokens
                 w.calls += 1
                 self.in_prefill += len(batch)
                 self.spawn(self._run_prefill(w, batch, tokens))
 
-    def _take_batch(self, budget: int) -> list[RequestState]:
-        batch: list[RequestState] = []
-        longest = 0
-        while self.waiting and len(batch) < budget:
-            p = self.waiting[0].req.prompt_len
-            if batch and max(longest, p) * (len(batch) + 1) > self.cfg.max_prefill_tokens:
-                break
-            longest = max(longest, p)
-            batch.append(self.waiting.popleft())
-        return batch
-
     async def _run_prefill(self, w: _Worker, batch: list[RequestState], tokens: int) -> None:
-        now = time.time()
         for st in batch:
-            st.t["dispatched"] = now
             st.prefill_worker = w.worker_id
         try:
             results = await w.handle.prefill.remote([st.req for st in batch])
@@ -251,25 +245,22 @@ class Router:
             w.calls -= 1
             self.in_prefill -= len(batch)
         if results is not None:
-            for st, (header_bytes, refs, nbytes) in zip(batch, results, strict=True):
-                self._prefilled(st, header_bytes, refs, nbytes)
+            for st, res in zip(batch, results, strict=True):
+                self._prefilled(st, res)
             self._place()
         self._wake.set()
 
-    def _prefilled(self, st: RequestState, header_bytes: bytes, refs: list | None, nbytes: int) -> None:
-        h = HandoffHeader.from_bytes(header_bytes)
-        now = time.time()
-        st.t.update(prefill_start=h.timings["prefill_start"], prefill_end=h.timings["prefill_end"], first=now)
-        st.kv_bytes = nbytes
-        if self.track_refs and refs is not None:
-            self.refs_seen.extend(refs)
+    def _prefilled(self, st: RequestState, res: PrefillResult) -> None:
+        h = HandoffHeader.from_bytes(res.header_bytes)
+        st.stamps = Stamps.from_header(h.timings, res.kv_bytes)
+        st.stamps.first_token = time.time()  # when the client gets it, not when it was sampled
         self._deliver(st, [h.first_token], h.first_text)
         if h.finish_reason is not None:
             self._finish(st, h.finish_reason)
-        elif "abort_requested" in st.t:
+        elif st.abort_requested:
             self._finish(st, "abort")
         else:
-            self.pending.append((st, header_bytes, refs))
+            self.pending.append(_Pending(st, res.header_bytes, res.kv_refs))
             self.max_pending = max(self.max_pending, len(self.pending))
 
     # ------------------------------------------------------------------ decode side
@@ -278,67 +269,64 @@ class Router:
             free = [w for w in self.decode if not w.dead and w.assigned < w.max_rows]
             if not free:
                 return  # every row is taken: the handoff waits here, never dropped
-            w = max(free, key=lambda x: (x.max_rows - x.assigned, -x.load.get("window", 0)))
-            st, header_bytes, refs = self.pending.popleft()
+            w = max(free, key=lambda x: (x.max_rows - x.assigned, -(x.load.window if x.load else 0)))
+            item = self.pending.popleft()
             w.assigned += 1
-            st.decode_worker = w.worker_id
-            st.t["sent"] = time.time()
+            item.state.decode_worker = w.worker_id
             # The ref travels inside a list so Ray hands it over unresolved: the worker fetches it.
-            self.spawn(self._send(w, st, header_bytes, refs))
+            self.spawn(self._send(w, item))
 
-    async def _send(self, w: _Worker, st: RequestState, header_bytes: bytes, refs: list) -> None:
+    async def _send(self, w: _Worker, item: _Pending) -> None:
         try:
-            await w.handle.submit.remote(header_bytes, refs, {})
+            await w.handle.submit.remote(item.header_bytes, item.kv_refs)
         except Exception as e:
             w.assigned -= 1
             w.dead = w.dead or _actor_died(e)
-            self._finish(st, "abort", error=f"decode worker {w.worker_id} failed: {e}")
+            self._finish(item.state, "abort", error=f"decode worker {w.worker_id} failed: {e}")
             self._place()
             self._fail_stranded()
 
     async def _pump(self, w: _Worker) -> None:
         while not self.closed:
             try:
-                batch = await w.handle.events.remote(self.cfg.poll_timeout_s)
+                batch: EventBatch = await w.handle.events.remote(self.cfg.poll_timeout_s)
             except asyncio.CancelledError:
                 raise
             except Exception as e:
-                w.dead = True
-                for st in [s for s in self.states.values() if s.decode_worker == w.worker_id]:
-                    self._finish(st, "abort", error=f"decode worker {w.worker_id} failed: {e}")
-                self._fail_stranded()
+                self._lose(w, str(e))
                 return
-            w.load = batch["load"]
-            for ev in batch["events"]:
-                if "fatal" in ev:  # its step loop crashed: treat the worker as gone
-                    w.dead = True
-                    for st in [s for s in self.states.values() if s.decode_worker == w.worker_id]:
-                        self._finish(st, "abort", error=f"decode worker {w.worker_id} failed: {ev['fatal']}")
-                    self._fail_stranded()
-                    return
+            w.load = batch.load
+            for ev in batch.events:
                 self._apply(w, ev)
+            if batch.fatal:  # its step loop crashed: treat the worker as gone
+                self._lose(w, batch.fatal)
+                return
             self._place()
             self._wake.set()
 
-    def _apply(self, w: _Worker, ev: dict) -> None:
-        for rid, t in ev["inserted"]:
-            st = self.states.get(rid)
-            if st:
-                st.t["inserted"] = t
-        for rid, tok, delta in ev["tokens"]:
-            st = self.states.get(rid)
+    def _lose(self, w: _Worker, why: str) -> None:
+        """A decode worker is gone: its requests fail, nothing else waits on it."""
+        w.dead = True
+        for st in [s for s in self.states.values() if s.decode_worker == w.worker_id]:
+            self._finish(st, "abort", error=f"decode worker {w.worker_id} failed: {why}")
+        self._fail_stranded()
+
+    def _apply(self, w: _Worker, ev: StepEvents) -> None:
+        for ins in ev.inserted:
+            if st := self.states.get(ins.request_id):
+                st.stamps.inserted = ins.at
+        for tok in ev.tokens:
+            st = self.states.get(tok.request_id)
             if st and not st.done:
-                self._deliver(st, [tok], delta)
-        for rid, reason, _n, _text in ev["finished"]:
+                self._deliver(st, [tok.token], tok.text)
+        for fin in ev.finished:
             w.assigned -= 1
-            st = self.states.get(rid)
-            if st:
-                self._finish(st, reason)
-        for rid, msg in ev["errors"]:
+            if st := self.states.get(fin.request_id):
+                self._finish(st, fin.reason)
+        for err in ev.errors:
             w.assigned -= 1
-            st = self.states.get(rid)
-            if st:
-                self._finish(st, "abort", error=msg)
+            if st := self.states.get(err.request_id):
+                self._finish(st, "abort", error=err.message)
 
     # ------------------------------------------------------------------ streams
     def _deliver(self, st: RequestState, tokens: list[int], text: str) -> None:
@@ -350,27 +338,14 @@ class Router:
         if st.done:
             return
         st.done = True
-        now = time.time()
-        t = st.t
-        arrival = t.get("arrival", now)
-        timings = {
-            "queue": _ms(arrival, t.get("prefill_start")),
-            "prefill": _ms(t.get("prefill_start"), t.get("prefill_end")),
-            "kv_transfer": _ms(t.get("prefill_end"), t.get("inserted")),
-            "ttft": _ms(arrival, t.get("first")),
-            "decode": _ms(t.get("inserted"), now) if "inserted" in t else 0.0,
-            "total": _ms(arrival, now),
-            "kv_bytes": st.kv_bytes,
-            "prefill_worker": st.prefill_worker,
-            "decode_worker": st.decode_worker,
-        }
+        timings = Timings.of(st.stamps, time.time(), st.prefill_worker, st.decode_worker)
         c = Completion(
             st.req.request_id,
             list(st.tokens),
             "".join(st.text),
             reason,
             st.req.prompt_len,
-            timings,
+            timings.to_dict(),
             error=error,
         )
         st.out.put_nowait(c)

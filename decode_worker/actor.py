@@ -10,6 +10,7 @@ from typing import Any
 import ray
 
 from baton.core.handoff import KVHandoff
+from baton.core.messages import EventBatch, WorkerLoad
 from baton.core.threads import configure_threads
 
 
@@ -48,25 +49,23 @@ class DecodeWorker:
             "pid": os.getpid(),
             "host": socket.gethostname(),
             "node_id": ray.get_runtime_context().get_node_id(),
-            "load": self.loop.load(),
+            "max_rows": self.loop.batch.max_rows,
             **self.lm.describe(),
         }
 
-    def submit(self, header_bytes: bytes, kv_refs: list, meta: dict) -> None:
+    def submit(self, header_bytes: bytes, kv_refs: list) -> None:
         """Take a handoff: fetch its KV from the object store (in this method's thread), queue it."""
-        t0 = time.time()
         kv = ray.get(kv_refs[0])  # a read-only numpy view of the object store on the same node
-        meta = dict(meta, fetched=time.time(), fetch_ms=(time.time() - t0) * 1e3)
-        self.loop.submit(KVHandoff(header_bytes, kv), meta)
+        self.loop.submit(KVHandoff(header_bytes, kv))
 
     def abort(self, request_id: str) -> None:
         self.loop.abort(request_id)
 
-    def events(self, timeout: float = 0.5) -> dict:
+    def events(self, timeout: float = 0.5) -> EventBatch:
         """Long poll: every step's tokens for all rows since the last call."""
         return self.loop.drain(timeout)
 
-    def load(self) -> dict:
+    def load(self) -> WorkerLoad:
         return self.loop.load()
 
     def stop(self) -> None:

@@ -13,17 +13,19 @@ removes). It is exact too, only slower.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
 from baton.core.errors import CapacityError, HandoffMismatch
 from baton.core.handoff import KVHandoff, check_compatible, kv_from_numpy
+from baton.core.messages import Stamps, TokenOut
 from baton.core.models import LoadedModel
 from baton.core.params import SamplingParams
 from baton.core.request import Request
 from baton.core.sampling import sample_rows
 from baton.core.stopping import OutputTracker
+from baton.runtime.base import StepInput
 from decode_worker.kv_cache import BatonKVCache
 
 
@@ -36,23 +38,25 @@ class Row:
     tracker: OutputTracker
     pos: int  # true position of the next input token (= real tokens in the cache)
     next_token: int
-    info: dict = field(default_factory=dict)  # caller's bookkeeping (timings), returned on finish
+    stamps: Stamps | None = None  # the caller's timing stamps, handed back when the row finishes
 
 
 @dataclass(frozen=True)
-class Finished:
+class FinishedRow:
+    """A request that left the batch, with everything it produced (the in-process result)."""
+
     request_id: str
     token_ids: list[int]
     text: str
     finish_reason: str
     prompt_len: int
-    info: dict
+    stamps: Stamps | None
 
 
-@dataclass
+@dataclass(frozen=True)
 class StepResult:
-    emitted: list[tuple[str, int, str]]  # (request_id, token, text delta) for every live row
-    finished: list[Finished]
+    emitted: list[TokenOut]  # a token for every row that was live in the forward
+    finished: list[FinishedRow]
     rows: int  # rows in the forward
     width: int  # cache columns attended (window + new)
     query_len: int  # columns computed per row (1, or the orca prompt width)
@@ -66,13 +70,13 @@ class DecodeBatch:
 
     def __init__(self, lm: LoadedModel, max_rows: int, capacity: int):
         self.lm = lm
+        self.runtime = lm.runtime
         self.max_rows = max_rows
         self.capacity = capacity
         self.cache = BatonKVCache(lm.layout, max_rows, capacity, lm.dtype, lm.device)
         self.rows: list[Row] = []
         self.pad_id = 0
         self.steps = 0
-        self.last_logits: torch.Tensor | None = None
 
     # ------------------------------------------------------------------ admission
     @property
@@ -89,17 +93,16 @@ class DecodeBatch:
     def _tracker(self, params: SamplingParams, prompt: list[int]) -> OutputTracker:
         return OutputTracker(params, self.lm.limits.eos_token_ids, self.lm.tokenizer, prompt)
 
-    def insert(self, handoff: KVHandoff, info: dict | None = None) -> Finished | None:
-        """Embed a prefilled query between two steps. Returns Finished if its first token ended it."""
+    def insert(self, handoff: KVHandoff, stamps: Stamps | None = None) -> FinishedRow | None:
+        """Embed a prefilled query between two steps. Returns FinishedRow if its first token ended it."""
         h = handoff.header
         check_compatible(h, handoff.kv, self.lm.fingerprint, self.lm.dtype_name, self.lm.layout)
         params = h.sampling
         tracker = self._tracker(params, h.prompt_token_ids)
         finish = tracker.push(h.first_token)
         tracker.take_text_delta()  # the first token's text was streamed by the prefill side
-        info = dict(info or {})
         if finish is not None:
-            return Finished(h.request_id, tracker.token_ids, tracker.text, finish, h.prompt_len, info)
+            return FinishedRow(h.request_id, tracker.token_ids, tracker.text, finish, h.prompt_len, stamps)
         if handoff.kv is None:
             raise HandoffMismatch("kv: handoff of an unfinished request carries no KV")
         if not self.fits(h.prompt_len, params.max_tokens):
@@ -107,34 +110,41 @@ class DecodeBatch:
         kv = kv_from_numpy(handoff.kv, h.dtype, self.lm.device)
         self.cache.grow_left(h.prompt_len)
         self.cache.add_row(kv)
-        self.rows.append(
-            Row(
-                h.request_id,
-                h.prompt_len,
-                params,
-                h.seed,
-                tracker,
-                pos=h.prompt_len,
-                next_token=h.first_token,
-                info=info,
-            )
-        )
+        row = Row(h.request_id, h.prompt_len, params, h.seed, tracker, h.prompt_len, h.first_token, stamps)
+        self.rows.append(row)
         return None
 
     # ------------------------------------------------------------------ the step
     @torch.inference_mode()
-    def step(self, prompts: list[Request] | None = None, infos: list[dict] | None = None) -> StepResult:
+    def step(self, prompts: list[Request] | None = None, stamps: list[Stamps] | None = None) -> StepResult:
         """One forward: a token for every live row (and, orca-style, a first token per prompt)."""
         prompts = prompts or []
+        step_in, width = self._prepare(prompts)
+        logits, forward_ms, padding_cells, attended = self._run(step_in, width)
+        self._admit_prompts(prompts, stamps)
+        emitted, finished, trimmed = self._postprocess(logits)
+        self.steps += 1
+        return StepResult(
+            emitted=emitted,
+            finished=finished,
+            rows=step_in.input_ids.shape[0],
+            width=attended,
+            query_len=width,
+            padding_cells=padding_cells,
+            forward_ms=forward_ms,
+            trimmed=trimmed,
+        )
+
+    def _prepare(self, prompts: list[Request]) -> tuple[StepInput, int]:
+        """Inputs of the forward: each live row's last token at its true position; orca prompts
+        left-padded to the widest; the new columns' mask written into the cache."""
         if not self.rows and not prompts:
             raise RuntimeError("step on an empty batch")
         if len(prompts) > self.free_rows:
             raise CapacityError(f"{len(prompts)} prompts do not fit in {self.free_rows} free rows")
-        cache = self.cache
         n_old = len(self.rows)
         width = max([1] + [r.prompt_len for r in prompts])
         n = n_old + len(prompts)
-
         ids = torch.full((n, width), self.pad_id, dtype=torch.long)
         pos = torch.zeros((n, width), dtype=torch.long)
         new_mask = torch.zeros((n, width), dtype=torch.bool)
@@ -142,13 +152,12 @@ class DecodeBatch:
             ids[:n_old, -1] = torch.tensor([r.next_token for r in self.rows])
             pos[:n_old] = torch.tensor([r.pos for r in self.rows]).unsqueeze(1)
             new_mask[:n_old, -1] = True
-        for j, req in enumerate(prompts):
-            i = n_old + j
+        for i, req in enumerate(prompts, start=n_old):
             p = req.prompt_len
             ids[i, width - p :] = torch.tensor(req.prompt_token_ids, dtype=torch.long)
             pos[i, width - p :] = torch.arange(p)
             new_mask[i, width - p :] = True
-
+        cache = self.cache
         cache.add_empty_rows(len(prompts))
         try:
             cache.begin_forward(width)
@@ -158,69 +167,60 @@ class DecodeBatch:
             raise
         cache.mask[:n, cache.end : cache.end + width] = new_mask
         attn = cache.live_mask(width)
-        padded = not bool(attn.all())
-        dev = self.lm.device
+        # No padding at all: no mask, so the model takes the same path as a lone query.
+        return StepInput(ids, pos, None if bool(attn.all()) else attn), width
+
+    def _run(self, step_in: StepInput, width: int) -> tuple[torch.Tensor, float, int, int]:
+        """The forward through the runtime; its columns become part of the window, and every row
+        that was live moves one position on."""
+        attended = self.cache.length + width
         t0 = time.perf_counter()
-        out = self.lm.model(
-            input_ids=ids.to(dev),
-            # No padding at all: drop the mask so the model takes the same path as a lone query.
-            attention_mask=attn if padded else None,
-            position_ids=pos.to(dev),
-            past_key_values=cache,
-            use_cache=True,
-            logits_to_keep=1,
-        )
+        logits = self.runtime.decode(step_in, self.cache)
         forward_ms = (time.perf_counter() - t0) * 1e3
-        cache.commit()
-        padding_cells = int(attn.numel() - attn.sum()) if padded else 0
-        attended = attn.shape[1]
+        self.cache.commit()
+        mask = step_in.attention_mask
+        padding_cells = int(mask.numel() - mask.sum()) if mask is not None else 0
+        for row in self.rows:
+            row.pos += 1
+        return logits.float(), forward_ms, padding_cells, attended
 
+    def _admit_prompts(self, prompts: list[Request], stamps: list[Stamps] | None) -> None:
+        """orca: the prompts computed inside this forward become rows (their first token is next)."""
         for j, req in enumerate(prompts):
-            info = dict(infos[j]) if infos else {}
+            tracker = self._tracker(req.params, list(req.prompt_token_ids))
+            st = stamps[j] if stamps else None
             self.rows.append(
-                Row(
-                    req.request_id,
-                    req.prompt_len,
-                    req.params,
-                    req.seed,
-                    self._tracker(req.params, list(req.prompt_token_ids)),
-                    pos=req.prompt_len,
-                    next_token=-1,
-                    info=info,
-                )
+                Row(req.request_id, req.prompt_len, req.params, req.seed, tracker, req.prompt_len, -1, st)
             )
-        for i in range(n_old):
-            self.rows[i].pos += 1
 
-        logits = out.logits[:, -1, :].float()
-        self.last_logits = logits  # kept for inspection (tests, debugging); no copy
+    def _postprocess(self, logits: torch.Tensor) -> tuple[list[TokenOut], list[FinishedRow], int]:
+        """Sample a token per row, apply stop rules, evict finished rows, trim all-padding columns."""
         indices = [len(r.tracker.token_ids) for r in self.rows]
         tokens = sample_rows(logits, [r.params for r in self.rows], [r.seed for r in self.rows], indices)
-        emitted: list[tuple[str, int, str]] = []
+        emitted: list[TokenOut] = []
         done: list[int] = []
         for i, (row, tok) in enumerate(zip(self.rows, tokens, strict=True)):
             finish = row.tracker.push(tok)
             row.next_token = tok
-            emitted.append((row.request_id, tok, row.tracker.take_text_delta()))
+            emitted.append(TokenOut(row.request_id, tok, row.tracker.take_text_delta()))
             if finish is not None:
                 done.append(i)
-        finished = [self._evict(i) for i in sorted(done, reverse=True)]
-        trimmed = cache.trim() if done else 0
-        self.steps += 1
-        return StepResult(emitted, finished[::-1], n, attended, width, padding_cells, forward_ms, trimmed)
+        finished = [self._evict(i) for i in sorted(done, reverse=True)][::-1]
+        trimmed = self.cache.trim() if done else 0
+        return emitted, finished, trimmed
 
-    def _evict(self, i: int) -> Finished:
+    def _evict(self, i: int) -> FinishedRow:
         row = self.rows[i]
         moved = self.cache.remove_row(i)
         if moved is not None:
             self.rows[i] = self.rows[moved]
         self.rows.pop()
         t = row.tracker
-        return Finished(
-            row.request_id, t.token_ids, t.text, t.finish_reason or "length", row.prompt_len, row.info
+        return FinishedRow(
+            row.request_id, t.token_ids, t.text, t.finish_reason or "length", row.prompt_len, row.stamps
         )
 
-    def abort(self, request_id: str) -> Finished | None:
+    def abort(self, request_id: str) -> FinishedRow | None:
         """Remove a request's row now (cancelled by its client). Returns None if it is not here."""
         for i, row in enumerate(self.rows):
             if row.request_id == request_id:

