@@ -11,7 +11,7 @@ export RAY_ENABLE_ZERO_COPY_TORCH_TENSORS ?= 1
 # would turn token auth on and CLI clients (ray job submit) would fail.
 export RAY_AUTH_MODE ?= disabled
 
-.PHONY: install run test lint bench bench-suite clean
+.PHONY: install run test test-fast lint format bench bench-suite clean
 
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -27,13 +27,20 @@ install: $(VENV)/.installed
 run: install
 	$(VENV)/bin/baton run --model $(MODEL) --requests examples/requests.jsonl --out /tmp/baton-out.jsonl --show
 
-test: install
-	$(VENV)/bin/ruff check .
+test: lint
 	$(PY) -m pytest -q
+
+# The tests that need no Ray cluster, no server process and not the real default model (~1 min).
+test-fast: lint
+	$(PY) -m pytest -q -m "not slow"
 
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+
+format: install
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
 
 bench: install
 	$(PY) -m baton.bench.step_bench

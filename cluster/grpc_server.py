@@ -132,7 +132,7 @@ class GenerationService(pb_grpc.GenerationServicer):
             )
         return pb.AbortResponse(aborted=True)
 
-    async def GetModelInfo(self, request, context):
+    async def GetModelInfo(self, _request, _context):
         lim = self.cluster.limits
         info = self.cluster.infos[0]
         return pb.ModelInfo(
@@ -144,7 +144,7 @@ class GenerationService(pb_grpc.GenerationServicer):
             fingerprint=info["fingerprint"],
         )
 
-    async def GetServerInfo(self, request, context):
+    async def GetServerInfo(self, _request, _context):
         s = self.router.server_info()
         workers = [
             pb.WorkerInfo(
@@ -179,7 +179,7 @@ class _AuthInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, token: str):
         self._expected = f"Bearer {token}".encode()
 
-        async def deny(request, context):
+        async def deny(_request, context):
             await context.abort(
                 grpc.StatusCode.UNAUTHENTICATED, "authorization: missing or wrong bearer token"
             )

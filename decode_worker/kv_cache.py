@@ -48,10 +48,10 @@ class _WindowLayer(CacheLayerMixin):
         self._index = index
         self.is_initialized = True
 
-    def lazy_initialization(self, key_states, value_states) -> None:  # buffers are preallocated
+    def lazy_initialization(self, key_states, value_states) -> None:  # noqa: ARG002  (transformers' signature; buffers are preallocated)
         return None
 
-    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):  # noqa: ARG002
         return self._owner.write_layer(self._index, key_states, value_states)
 
     def get_seq_length(self) -> int:
