@@ -21,6 +21,7 @@ import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
 
 from baton.core.errors import CapacityError
+from baton.core.handoff import CARRIER
 from baton.core.models import KVLayout
 
 
@@ -31,7 +32,7 @@ def _zeros(shape: tuple[int, ...], dtype: torch.dtype, device) -> torch.Tensor:
         return torch.zeros(shape, dtype=dtype, device=device)
     import numpy as np
 
-    carrier = {torch.float32: np.float32, torch.float16: np.float16, torch.bfloat16: np.uint16}[dtype]
+    carrier = CARRIER[str(dtype).removeprefix("torch.")]
     return torch.from_numpy(np.zeros(shape, dtype=carrier)).view(dtype)
 
 

@@ -19,8 +19,8 @@ from baton.core.errors import HandoffMismatch
 from baton.core.params import SamplingParams
 
 HEADER_VERSION = 1
-# numpy dtype that carries each torch dtype's bits.
-_CARRIER = {"float32": np.float32, "float16": np.float16, "bfloat16": np.uint16}
+# The numpy dtype that carries each torch dtype's bits (numpy has no bfloat16): the one such map.
+CARRIER = {"float32": np.float32, "float16": np.float16, "bfloat16": np.uint16}
 
 
 @dataclass(frozen=True)
@@ -93,7 +93,7 @@ def kv_from_numpy(arr: np.ndarray, dtype_name: str, device="cpu"):
     """Inverse of kv_to_numpy; zero-copy on the CPU (the array may be read-only object-store memory)."""
     import torch
 
-    if arr.dtype != _CARRIER[dtype_name]:
+    if arr.dtype != CARRIER[dtype_name]:
         raise HandoffMismatch(f"dtype: handoff array is {arr.dtype}, header says {dtype_name}")
     with warnings.catch_warnings():
         # Object-store memory is read-only and torch warns about that; the batch only reads it
