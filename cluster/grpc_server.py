@@ -142,19 +142,37 @@ class GenerationService(pb_grpc.GenerationServicer):
             eos_token_ids=list(lim.eos_token_ids),
             dtype=info["dtype"],
             fingerprint=info["fingerprint"],
+            runtime=info.get("runtime", ""),
+            device=info.get("device", ""),
+            compile_s=max(i.get("compile_s", 0.0) for i in self.cluster.infos),
         )
 
     async def GetServerInfo(self, _request, _context):
         s = self.router.server_info()
+        static = {i["worker_id"]: i for i in self.cluster.infos}
+
+        def about(worker_id: str) -> dict:
+            i = static.get(worker_id, {})
+            return {
+                "runtime": i.get("runtime", ""),
+                "dtype": i.get("dtype", ""),
+                "threads": i.get("threads", 0),
+                "startup_s": i.get("startup_s", 0.0),
+            }
+
         workers = [
             pb.WorkerInfo(
-                worker_id=w["worker_id"], role="prefill", outstanding_prompt_tokens=w["outstanding_tokens"]
+                worker_id=w["worker_id"],
+                role="prefill",
+                outstanding_prompt_tokens=w["outstanding_tokens"],
+                **about(w["worker_id"]),
             )
             for w in s["prefill"]
         ]
         for w in s["decode"]:
             workers.append(
                 pb.WorkerInfo(
+                    **about(w["worker_id"]),
                     worker_id=w["worker_id"],
                     role="decode",
                     live_rows=w.get("rows", 0),

@@ -8,6 +8,7 @@ import time
 from typing import Any
 
 import ray
+import torch
 
 from baton.core.handoff import KVHandoff
 from baton.core.messages import EventBatch, WorkerLoad
@@ -50,6 +51,7 @@ class DecodeWorker:
             "host": socket.gethostname(),
             "node_id": ray.get_runtime_context().get_node_id(),
             "max_rows": self.loop.batch.max_rows,
+            "threads": torch.get_num_threads(),
             **self.lm.describe(),
         }
 

@@ -141,27 +141,33 @@ class GetModelInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "context_length", "vocab_size", "eos_token_ids", "dtype", "fingerprint")
+    __slots__ = ("name", "context_length", "vocab_size", "eos_token_ids", "dtype", "fingerprint", "runtime", "device", "compile_s")
     NAME_FIELD_NUMBER: _ClassVar[int]
     CONTEXT_LENGTH_FIELD_NUMBER: _ClassVar[int]
     VOCAB_SIZE_FIELD_NUMBER: _ClassVar[int]
     EOS_TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
     DTYPE_FIELD_NUMBER: _ClassVar[int]
     FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
+    RUNTIME_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
+    COMPILE_S_FIELD_NUMBER: _ClassVar[int]
     name: str
     context_length: int
     vocab_size: int
     eos_token_ids: _containers.RepeatedScalarFieldContainer[int]
     dtype: str
     fingerprint: str
-    def __init__(self, name: _Optional[str] = ..., context_length: _Optional[int] = ..., vocab_size: _Optional[int] = ..., eos_token_ids: _Optional[_Iterable[int]] = ..., dtype: _Optional[str] = ..., fingerprint: _Optional[str] = ...) -> None: ...
+    runtime: str
+    device: str
+    compile_s: float
+    def __init__(self, name: _Optional[str] = ..., context_length: _Optional[int] = ..., vocab_size: _Optional[int] = ..., eos_token_ids: _Optional[_Iterable[int]] = ..., dtype: _Optional[str] = ..., fingerprint: _Optional[str] = ..., runtime: _Optional[str] = ..., device: _Optional[str] = ..., compile_s: _Optional[float] = ...) -> None: ...
 
 class GetServerInfoRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
 class WorkerInfo(_message.Message):
-    __slots__ = ("worker_id", "role", "live_rows", "max_rows", "waiting", "kv_bytes", "kv_window", "kv_capacity", "outstanding_prompt_tokens", "steps")
+    __slots__ = ("worker_id", "role", "live_rows", "max_rows", "waiting", "kv_bytes", "kv_window", "kv_capacity", "outstanding_prompt_tokens", "steps", "runtime", "dtype", "threads", "startup_s")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     ROLE_FIELD_NUMBER: _ClassVar[int]
     LIVE_ROWS_FIELD_NUMBER: _ClassVar[int]
@@ -172,6 +178,10 @@ class WorkerInfo(_message.Message):
     KV_CAPACITY_FIELD_NUMBER: _ClassVar[int]
     OUTSTANDING_PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     STEPS_FIELD_NUMBER: _ClassVar[int]
+    RUNTIME_FIELD_NUMBER: _ClassVar[int]
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
+    THREADS_FIELD_NUMBER: _ClassVar[int]
+    STARTUP_S_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
     role: str
     live_rows: int
@@ -182,7 +192,11 @@ class WorkerInfo(_message.Message):
     kv_capacity: int
     outstanding_prompt_tokens: int
     steps: int
-    def __init__(self, worker_id: _Optional[str] = ..., role: _Optional[str] = ..., live_rows: _Optional[int] = ..., max_rows: _Optional[int] = ..., waiting: _Optional[int] = ..., kv_bytes: _Optional[int] = ..., kv_window: _Optional[int] = ..., kv_capacity: _Optional[int] = ..., outstanding_prompt_tokens: _Optional[int] = ..., steps: _Optional[int] = ...) -> None: ...
+    runtime: str
+    dtype: str
+    threads: int
+    startup_s: float
+    def __init__(self, worker_id: _Optional[str] = ..., role: _Optional[str] = ..., live_rows: _Optional[int] = ..., max_rows: _Optional[int] = ..., waiting: _Optional[int] = ..., kv_bytes: _Optional[int] = ..., kv_window: _Optional[int] = ..., kv_capacity: _Optional[int] = ..., outstanding_prompt_tokens: _Optional[int] = ..., steps: _Optional[int] = ..., runtime: _Optional[str] = ..., dtype: _Optional[str] = ..., threads: _Optional[int] = ..., startup_s: _Optional[float] = ...) -> None: ...
 
 class ServerInfo(_message.Message):
     __slots__ = ("workers", "queue_depth", "in_prefill", "pending_decode", "serving")
