@@ -12,8 +12,10 @@ from __future__ import annotations
 import asyncio
 import hmac
 import math
+from concurrent.futures import ThreadPoolExecutor
 
 import grpc
+from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -28,7 +30,47 @@ from cluster.router import NoWorkers, QueueFull
 SERVICE = pb.DESCRIPTOR.services_by_name["Generation"].full_name
 FINISH = {"length": pb.LENGTH, "eos": pb.EOS, "stop": pb.STOP, "abort": pb.ABORT}
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+MAX_REQUEST_ID_BYTES = 256
+DEFAULT_MAX_PROMPT_BYTES = 1024 * 1024  # text or token ids (4 bytes each), checked before any work
 _OPEN_METHODS = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+
+
+class _Undecodable:
+    """What a handler gets instead of a message when the request bytes do not parse."""
+
+    def __init__(self, what: str):
+        self.what = what
+
+
+def _lenient(message_cls):
+    """A request deserializer that turns garbage bytes into _Undecodable (INVALID_ARGUMENT), not UNKNOWN."""
+
+    def parse(data: bytes):
+        try:
+            return message_cls.FromString(data)
+        except (DecodeError, ValueError):
+            return _Undecodable(message_cls.DESCRIPTOR.full_name)
+
+    return parse
+
+
+async def _reject_undecodable(request, context) -> None:
+    if isinstance(request, _Undecodable):
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"request: not a valid {request.what} message")
+
+
+def check_request_id(rid: str) -> None:
+    if len(rid.encode()) > MAX_REQUEST_ID_BYTES:
+        raise ValidationError("request_id", f"must be at most {MAX_REQUEST_ID_BYTES} bytes")
+
+
+def check_prompt_size(request: pb.GenerateRequest, max_bytes: int) -> None:
+    """Refuse an oversized prompt before tokenising it (tokenising 5 MB takes seconds)."""
+    which = request.WhichOneof("input")
+    size = len(request.text.encode()) if which == "text" else 4 * len(request.token_ids.ids)
+    if size > max_bytes:
+        field = "text" if which == "text" else "token_ids"
+        raise ValidationError(field, f"prompt of {size} bytes is over the server's limit of {max_bytes}")
 
 
 def sampling_from_proto(s: pb.SamplingParams) -> SamplingParams:
@@ -69,31 +111,44 @@ def complete_to_proto(c: Completion, with_output: bool, seed: int) -> pb.Complet
 
 
 class GenerationService(pb_grpc.GenerationServicer):
-    def __init__(self, cluster, model_name: str):
+    def __init__(self, cluster, model_name: str, max_prompt_bytes: int = DEFAULT_MAX_PROMPT_BYTES):
         self.cluster = cluster
         self.router = cluster.router
         self.model_name = model_name
+        self.max_prompt_bytes = max_prompt_bytes
         self.serving = True
+        # Tokenising and chat templates run here, never on the event loop that streams every request.
+        self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="baton-tokenize")
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def _parse(self, request: pb.GenerateRequest, rid: str):
+        """Validate and tokenise (in the pool thread). Raises ValidationError naming the field."""
+        check_request_id(rid)
+        which = request.WhichOneof("input")
+        if which is None:
+            raise ValidationError("input", "give text or token_ids")
+        check_prompt_size(request, self.max_prompt_bytes)
+        params = sampling_from_proto(request.sampling)
+        spec = RequestSpec(
+            rid,
+            0.0,
+            request.text if which == "text" else None,
+            tuple(request.token_ids.ids) if which == "token_ids" else None,
+            None,
+            params,
+        )
+        return tokenize(spec, self.cluster.tokenizer, self.cluster.limits)
 
     async def Generate(self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext):
+        await _reject_undecodable(request, context)
         if not self.serving:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "server is draining")
         router = self.router
         rid = request.request_id or router.new_request_id()
         try:
-            params = sampling_from_proto(request.sampling)
-            which = request.WhichOneof("input")
-            if which is None:
-                raise ValidationError("input", "give text or token_ids")
-            spec = RequestSpec(
-                rid,
-                0.0,
-                request.text if which == "text" else None,
-                tuple(request.token_ids.ids) if which == "token_ids" else None,
-                None,
-                params,
-            )
-            req = tokenize(spec, self.cluster.tokenizer, self.cluster.limits)
+            req = await asyncio.get_running_loop().run_in_executor(self._pool, self._parse, request, rid)
         except ValidationError as e:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
         try:
@@ -126,6 +181,11 @@ class GenerationService(pb_grpc.GenerationServicer):
                 router.spawn(router.abort(rid))
 
     async def Abort(self, request: pb.AbortRequest, context):
+        await _reject_undecodable(request, context)
+        try:
+            check_request_id(request.request_id)
+        except ValidationError as e:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
         if not await self.router.abort(request.request_id):
             await context.abort(
                 grpc.StatusCode.NOT_FOUND, f"request_id: {request.request_id!r} is not in flight"
@@ -215,6 +275,26 @@ class _AuthInterceptor(grpc.aio.ServerInterceptor):
         return self._deny_stream if details.method.endswith("/Generate") else self._deny
 
 
+def _add_service(servicer: GenerationService, server) -> None:
+    """Register baton.v1.Generation like the generated helper, with lenient request parsing."""
+    handlers = {
+        "Generate": grpc.unary_stream_rpc_method_handler(
+            servicer.Generate, _lenient(pb.GenerateRequest), pb.GenerateResponse.SerializeToString
+        ),
+        "Abort": grpc.unary_unary_rpc_method_handler(
+            servicer.Abort, _lenient(pb.AbortRequest), pb.AbortResponse.SerializeToString
+        ),
+        "GetModelInfo": grpc.unary_unary_rpc_method_handler(
+            servicer.GetModelInfo, _lenient(pb.GetModelInfoRequest), pb.ModelInfo.SerializeToString
+        ),
+        "GetServerInfo": grpc.unary_unary_rpc_method_handler(
+            servicer.GetServerInfo, _lenient(pb.GetServerInfoRequest), pb.ServerInfo.SerializeToString
+        ),
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
+    server.add_registered_method_handlers(SERVICE, handlers)
+
+
 class GrpcServer:
     """Owns the grpc.aio server; create and call its methods on the router's event loop."""
 
@@ -227,6 +307,7 @@ class GrpcServer:
         auth_token: str | None = None,
         tls_cert: bytes | None = None,
         tls_key: bytes | None = None,
+        max_prompt_bytes: int = DEFAULT_MAX_PROMPT_BYTES,
     ):
         interceptors = [_AuthInterceptor(auth_token)] if auth_token else []
         self.server = grpc.aio.server(
@@ -236,8 +317,8 @@ class GrpcServer:
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
             ],
         )
-        self.service = GenerationService(cluster, model_name)
-        pb_grpc.add_GenerationServicer_to_server(self.service, self.server)
+        self.service = GenerationService(cluster, model_name, max_prompt_bytes)
+        _add_service(self.service, self.server)
         self.health = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
@@ -267,5 +348,6 @@ class GrpcServer:
     async def drain(self, grace: float) -> None:
         """Stop admitting, let in-flight calls finish for up to ``grace`` s, then stop."""
         self.service.serving = False
+        self.service.close()
         await self._set(health_pb2.HealthCheckResponse.NOT_SERVING)
         await self.server.stop(grace)

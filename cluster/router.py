@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import time
 from collections import deque
 from dataclasses import asdict, dataclass, field
@@ -22,6 +23,13 @@ from baton.core.handoff import HandoffHeader
 from baton.core.messages import EventBatch, PrefillResult, Stamps, StepEvents, Timings, WorkerLoad
 from baton.core.policy import prefill_budget, prefill_take
 from baton.core.request import Completion, Request
+
+log = logging.getLogger("baton.router")
+
+
+def _short(e: BaseException) -> str:
+    """A worker failure for the client: its kind, not Ray's multi-line report (that goes to the log)."""
+    return type(e).__name__
 
 
 class QueueFull(BatonError):
@@ -236,8 +244,9 @@ class Router:
             results = await w.handle.prefill.remote([st.req for st in batch])
         except Exception as e:  # worker died or raised: these requests fail, others go on
             w.dead = w.dead or _actor_died(e)
+            log.error("prefill worker %s failed on %d requests: %s", w.worker_id, len(batch), e)
             for st in batch:
-                self._finish(st, "abort", error=f"prefill worker {w.worker_id} failed: {e}")
+                self._finish(st, "abort", error=f"prefill worker {w.worker_id} failed ({_short(e)})")
             results = None
             self._fail_stranded()
         finally:
@@ -282,7 +291,8 @@ class Router:
         except Exception as e:
             w.assigned -= 1
             w.dead = w.dead or _actor_died(e)
-            self._finish(item.state, "abort", error=f"decode worker {w.worker_id} failed: {e}")
+            log.error("decode worker %s refused a handoff: %s", w.worker_id, e)
+            self._finish(item.state, "abort", error=f"decode worker {w.worker_id} failed ({_short(e)})")
             self._place()
             self._fail_stranded()
 
@@ -293,13 +303,15 @@ class Router:
             except asyncio.CancelledError:
                 raise
             except Exception as e:
-                self._lose(w, str(e))
+                log.error("decode worker %s is gone: %s", w.worker_id, e)
+                self._lose(w, _short(e))
                 return
             w.load = batch.load
             for ev in batch.events:
                 self._apply(w, ev)
             if batch.fatal:  # its step loop crashed: treat the worker as gone
-                self._lose(w, batch.fatal)
+                log.error("decode worker %s: its step loop died:\n%s", w.worker_id, batch.fatal)
+                self._lose(w, "its step loop died")
                 return
             self._place()
             self._wake.set()

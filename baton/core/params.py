@@ -9,6 +9,11 @@ from typing import Any
 from baton.core.errors import ValidationError
 
 DEFAULT_MAX_TOKENS = 64
+# Bounds that keep one request from costing the server more than its own work (stop strings are
+# searched after every token of the request).
+MAX_STOP_STRINGS = 16
+MAX_STOP_CHARS = 256
+MAX_STOP_TOKEN_IDS = 256
 
 
 @dataclass(frozen=True)
@@ -60,7 +65,15 @@ class SamplingParams:
             raise ValidationError("seed", f"must be an integer, got {self.seed!r}")
         if self.seed is not None and not 0 <= self.seed < 2**63:
             raise ValidationError("seed", f"must be in [0, 2**63), got {self.seed}")
+        if len(self.stop) > MAX_STOP_STRINGS:
+            raise ValidationError("stop", f"at most {MAX_STOP_STRINGS} stop strings, got {len(self.stop)}")
+        if len(self.stop_token_ids) > MAX_STOP_TOKEN_IDS:
+            raise ValidationError(
+                "stop_token_ids", f"at most {MAX_STOP_TOKEN_IDS} ids, got {len(self.stop_token_ids)}"
+            )
         for s in self.stop:
+            if isinstance(s, str) and len(s) > MAX_STOP_CHARS:
+                raise ValidationError("stop", f"each stop string must be at most {MAX_STOP_CHARS} characters")
             if not isinstance(s, str) or not s:
                 raise ValidationError("stop", f"every stop string must be a non-empty string, got {s!r}")
         for t in self.stop_token_ids:
