@@ -228,7 +228,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
 
         async def make() -> GrpcServer:
-            server = GrpcServer(cluster, args.model, args.host, args.port, token, cert, key)
+            server = GrpcServer(
+                cluster, args.model, args.host, args.port, token, cert, key, args.max_prompt_bytes
+            )
             await server.start()
             return server
 
@@ -333,6 +335,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--tls-key", default=None, help="PEM private key of --tls-cert")
     serve.add_argument(
         "--drain-grace", type=float, default=30.0, help="seconds in-flight calls get on SIGTERM"
+    )
+    serve.add_argument(
+        "--max-prompt-bytes",
+        type=int,
+        default=1024 * 1024,
+        help="largest prompt accepted (text bytes, or 4 bytes per token id), checked before tokenising",
     )
     serve.set_defaults(func=cmd_serve)
 
