@@ -159,7 +159,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     t0 = time.time()
     if cfg.policy == "baton" and not args.local:
         results, wall = _run_on_ray(args, specs)  # wall: the requests' run, without cluster start-up
-        stats_line = ""
+        stats_line, failure = "", None
     else:
         lm = load_model(cfg.model, cfg.device, cfg.dtype)
         print(
@@ -174,6 +174,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             f"; {stats.steps} decode steps, stall {stats.stall_ms:.0f} ms, "
             f"padding share {stats.to_dict()['padding_share']:.2%}"
         )
+        failure = stats.failure
     out = sys.stdout if args.out == "-" else open(args.out, "w")  # noqa: SIM115
     try:
         for c in results:
@@ -197,6 +198,9 @@ def cmd_run(args: argparse.Namespace) -> int:
                     f"--- {c.request_id} [{c.finish_reason}, {len(c.token_ids)} tokens, "
                     f"ttft {c.timings['ttft']:.0f} ms]\n{c.text.strip()}"
                 )
+    if failure:
+        print(f"baton: error: {failure}; every completed result was written", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -10,6 +10,7 @@ Ray cluster (``cluster.ray_cluster``) runs the same two engines in separate acto
 from __future__ import annotations
 
 import contextlib
+import logging
 import queue
 import threading
 import time
@@ -28,6 +29,8 @@ from baton.core.request import Completion, Request
 from decode_worker.batch import DecodeBatch, FinishedRow, StepResult
 from prefill_worker.engine import PrefillEngine
 
+log = logging.getLogger("baton.engine")
+
 
 @dataclass
 class RunStats:
@@ -44,6 +47,7 @@ class RunStats:
     prefills: int = 0
     kv_bytes: int = 0
     joins_live: int = 0  # queries that joined while other rows were live
+    failure: str | None = None  # why requests failed without their own fault (a dead prefill thread)
     step_log: list[tuple[int, int, int, float]] = field(default_factory=list)  # rows, width, q, ms
 
     def record(self, res: StepResult) -> None:
@@ -104,6 +108,8 @@ class PrefillThread:
         self.ready: queue.Queue[KVHandoff] = queue.Queue()
         self.lock = threading.Condition()
         self.in_flight = 0
+        self.error: str | None = None  # set when the thread died: the run fails what it had not prefilled
+        self.lost: list[Request] = []  # the requests it was prefilling when it died
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="baton-prefill", daemon=True)
 
@@ -136,14 +142,22 @@ class PrefillThread:
 
     def _loop(self) -> None:
         torch.set_num_threads(self.threads)
-        while not self._stop.is_set():
-            take = self._take()
-            if not take:
-                continue
-            for h in self.engine.prefill(take):
-                self.ready.put(h)
+        take: list[Request] = []
+        try:
+            while not self._stop.is_set():
+                take = self._take()
+                if not take:
+                    continue
+                for h in self.engine.prefill(take):
+                    self.ready.put(h)
+                with self.lock:
+                    self.in_flight -= len(take)
+                take = []
+        except Exception as e:
+            log.exception("prefill thread failed")
             with self.lock:
-                self.in_flight -= len(take)
+                self.error = f"prefill failed ({type(e).__name__}: {e})"
+                self.lost = list(take)
 
 
 class LocalEngine:
@@ -162,6 +176,8 @@ class LocalEngine:
         run = _Trace(trace)
         with self._prefill_side(run) as prefill:
             while not run.complete:
+                if prefill is not None and prefill.error:
+                    self._fail_unprefilled(run, prefill)
                 self._arrive(run, prefill)
                 prompts = self._schedule(run, prefill)
                 if not self.batch.rows and not prompts:
@@ -190,6 +206,16 @@ class LocalEngine:
             if prefill is not None:
                 prefill.stop()
             torch.set_num_threads(prev)
+
+    def _fail_unprefilled(self, run: _Trace, prefill: PrefillThread) -> None:
+        """The prefill side is gone: what it never prefilled fails now; live rows still finish."""
+        self.stats.failure = prefill.error
+        with prefill.lock:
+            lost = [*prefill.lost, *run.waiting, *(r for r, _ in run.future)]
+            prefill.lost, run.future = [], deque()
+            run.waiting.clear()
+        for r in lost:
+            run.done[r.request_id] = Completion(r.request_id, error=prefill.error, error_field=None)
 
     def _arrive(self, run: _Trace, prefill: PrefillThread | None) -> None:
         if prefill is not None:

@@ -61,6 +61,8 @@ def parse_spec(obj: Any, default_id: str) -> RequestSpec:
             for m in messages
         ):
             raise ValidationError("messages", "must be a list of {role, content} string objects")
+        if not messages:
+            raise ValidationError("messages", "must not be empty")
         messages = tuple(messages)
     params = SamplingParams.from_dict({k: obj[k] for k in PARAM_FIELDS if k in obj})
     return RequestSpec(str(rid), float(arrival), prompt, ids, messages, params)
@@ -76,11 +78,16 @@ def tokenize(spec: RequestSpec, tokenizer: Any, limits: ModelLimits) -> Request:
         if spec.messages is not None:
             if not getattr(tokenizer, "chat_template", None):
                 raise ValidationError("messages", "this model has no chat template: send prompt")
-            ids = list(
-                tokenizer.apply_chat_template(
-                    list(spec.messages), add_generation_prompt=True, tokenize=True, return_dict=False
+            try:
+                ids = list(
+                    tokenizer.apply_chat_template(
+                        list(spec.messages), add_generation_prompt=True, tokenize=True, return_dict=False
+                    )
                 )
-            )
+            except Exception as e:  # the model's own Jinja template may raise anything on odd input
+                raise ValidationError(
+                    "messages", f"the model's chat template refused them ({e})"[:300]
+                ) from e
         else:
             if spec.prompt == "":
                 raise ValidationError("prompt", "must not be empty")
