@@ -1,0 +1,89 @@
+"""In-process faults: a dead prefill thread ends the run (no hang) with every result accounted for."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from baton.core.config import EngineConfig
+from baton.core.params import SamplingParams
+from baton.core.request import Request
+from baton.core.requests_io import Batch, parse_spec
+from baton.engine import LocalEngine
+
+
+def test_dead_prefill_thread_fails_the_rest_and_live_rows_finish(tiny_lm):
+    lm = tiny_lm("llama")
+    cfg = EngineConfig(policy="baton", max_batch_size=2, prefill_ahead=0, threads=2)
+    engine = LocalEngine(lm, cfg)
+    real = engine.prefill_engine.prefill
+    calls = []
+
+    def prefill_then_die(reqs):
+        calls.append([r.request_id for r in reqs])
+        if len(calls) > 1:
+            raise RuntimeError("injected: the prefill side died")
+        return real(reqs)
+
+    engine.prefill_engine.prefill = prefill_then_die
+    reqs = [
+        Request(f"r{i}", tuple(range(5, 15)), SamplingParams(max_tokens=30, ignore_eos=True), seed=i)
+        for i in range(6)
+    ]
+    results = engine.run([(r, 0.0) for r in reqs])  # returns: before the fix this hung forever
+    assert [c.request_id for c in results] == [r.request_id for r in reqs]
+    first = set(calls[0])
+    for c in results:
+        if c.request_id in first:  # prefilled before the failure: decoded to the end
+            assert c.error is None and len(c.token_ids) == 30, c
+        else:
+            assert c.error is not None and "prefill failed" in c.error, c
+    assert engine.stats.failure and "injected" in engine.stats.failure
+    assert first and len(first) < len(reqs)
+
+
+def test_empty_messages_is_a_per_line_error(tiny_lm):
+    lm = tiny_lm("llama")
+    specs = []
+    for i, obj in enumerate([{"messages": []}, {"prompt_token_ids": [5, 6, 7], "max_tokens": 3}]):
+        try:
+            specs.append(parse_spec(obj, f"line-{i}"))
+        except Exception as e:  # parse errors become per-line results in the CLI
+            specs.append(e)
+    assert getattr(specs[0], "field", None) == "messages"
+    batch = Batch(specs[1:], lm.tokenizer, lm.limits)
+    assert len(batch.trace) == 1
+
+
+def test_cli_local_run_keeps_good_lines_beside_an_empty_messages_line(tmp_path, model_dir):
+    # One `"messages": []` line used to abort the whole run; now it is that line's error only.
+    folder = model_dir("llama")
+    lines = [{"id": "ok", "prompt_token_ids": [5, 6, 7], "max_tokens": 4}, {"id": "bad", "messages": []}]
+    inp = tmp_path / "in.jsonl"
+    inp.write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    out = tmp_path / "out.jsonl"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "baton.cli",
+            "run",
+            "--model",
+            str(folder),
+            "--local",
+            "--requests",
+            str(inp),
+            "--out",
+            str(out),
+            "--dtype",
+            "float32",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    got = {r["id"]: r for r in map(json.loads, out.read_text().splitlines())}
+    assert got["ok"]["finish_reason"] == "length" and len(got["ok"]["token_ids"]) == 4
+    assert got["bad"]["field"] == "messages"
