@@ -42,13 +42,16 @@ format: install
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
+# Benchmarks write to ./bench-results (BENCH_DIR=docs/benchmarks refreshes the committed figures).
+BENCH_DIR ?= bench-results
 bench: install
-	$(PY) -m baton.bench.step_bench
-	$(PY) -m baton.bench.handoff_bench
+	$(PY) -m baton.bench.step_bench --profile --out-dir $(BENCH_DIR)
+	$(PY) -m baton.bench.step_bench --threads 2 --out-dir $(BENCH_DIR)
+	$(PY) -m baton.bench.handoff_bench --out-dir $(BENCH_DIR)
 
 # The serving comparison (~18 min here; add --vllm-python PATH for vLLM, see BENCHMARKS.md).
 bench-suite: install
-	$(VENV)/bin/baton bench --benchmarks-md BENCHMARKS.md
+	$(VENV)/bin/baton bench --out-dir docs/benchmarks --benchmarks-md BENCHMARKS.md
 
 clean:
 	rm -rf $(VENV)

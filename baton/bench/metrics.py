@@ -107,7 +107,10 @@ def summarize(
     good = sum(meets_slo(r, slo_ttft_ms, slo_tpot_ms) for r in records)
     kvt = [r.kv_transfer_ms for r in ok if r.kv_transfer_ms is not None]
     kvb = [r.kv_bytes for r in ok if r.kv_bytes]
-    per = (lambda n: n / span) if span > 0 else (lambda n: math.nan)
+
+    def per(n: float) -> float:
+        return n / span if span > 0 else math.nan
+
     return {
         "requests": len(records),
         "completed": len(ok),

@@ -29,29 +29,43 @@ is outside its timer while the step's sampling is inside.
 
     .venv/bin/python -m baton.bench.step_bench [--model smollm2-135m] [--threads 1] [--repeats N] [--quick]
 
-Results: bench/results/step_bench.json and .png (``--quick``: step_bench_quick.*; ``--threads N``
-other than 1: step_bench_threadsN.*). Needs matplotlib for the plot (the JSON is written without it).
+Outputs in ``--out-dir`` (default ``$BATON_BENCH_DIR``, else ``./bench-results``): ``NAME.png``, the
+summary under ``"NAME"`` in ``results.json`` and every sample in ``raw/NAME.json`` (NAME: ``step_bench``,
+``step_bench_quick`` with ``--quick``, ``_threadsN`` appended for ``--threads N`` other than 1).
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
-import datetime as dt
 import gc
-import json
 import os
-import platform
 import resource
 import statistics
 import sys
 import time
-from pathlib import Path
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 
+from baton.bench.bare import BareRunner
+from baton.bench.common import (
+    Outputs,
+    add_output_arguments,
+    comma_list,
+    command_line,
+    log,
+    machine_info,
+    md_table,
+    quiet_transformers,
+    sample_stats,
+    setup_logging,
+    write_json,
+)
+from baton.bench.cpu import CpuWindow
+from baton.bench.plots import step_plot
 from baton.core.handoff import KVHandoff, kv_from_numpy
 from baton.core.models import DEFAULT_MODEL, LoadedModel, load_model
 from baton.core.params import SamplingParams
@@ -59,93 +73,67 @@ from baton.core.request import Request
 from decode_worker.batch import DecodeBatch
 from prefill_worker.engine import PrefillEngine
 
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
+PROG = "python -m baton.bench.step_bench"
 GOAL = 0.9
 PROFILE_STEPS = 5
 MEMORY_LIMIT_BYTES = 16 * 2**30  # refuse shapes whose buffers alone would come near the 20 GB budget
 
-FULL = {"batches": (1, 8, 32), "lengths": (128, 512), "repeats": 20, "warmup": 3, "distinct": 4}
-QUICK = {"batches": (1, 4), "lengths": (16, 64), "repeats": 5, "warmup": 2, "distinct": 2}
+
+@dataclass(frozen=True)
+class Shapes:
+    batches: tuple[int, ...]
+    lengths: tuple[int, ...]
+    repeats: int
+    warmup: int
+    distinct: int
 
 
-def _log(msg: str) -> None:
-    print(f"[step_bench] {msg}", file=sys.stderr, flush=True)
-
-
-def _int_list(text: str) -> tuple[int, ...]:
-    try:
-        vals = tuple(int(x) for x in text.split(",") if x.strip())
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from e
-    if not vals or any(v < 1 for v in vals):
-        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
-    return vals
+FULL = Shapes(batches=(1, 8, 32), lengths=(128, 512), repeats=20, warmup=3, distinct=4)
+QUICK = Shapes(batches=(1, 4), lengths=(16, 64), repeats=5, warmup=2, distinct=2)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        prog="python -m baton.bench.step_bench",
-        description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        prog=PROG, description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--model", default=DEFAULT_MODEL, help="model spec for load_model (default %(default)s)")
-    p.add_argument(
-        "--threads",
-        type=int,
-        default=1,
-        help="torch threads while timing (default 1: one decode worker of a 2-core machine)",
-    )
-    p.add_argument(
+    a = p.add_argument
+    a("--model", default=DEFAULT_MODEL, help="model spec for load_model (default %(default)s)")
+    a("--threads", type=int, default=1, help="torch threads while timing (default 1: one decode worker)")
+    a(
         "--prefill-threads",
         type=int,
         default=None,
         help="torch threads for the untimed prefill that builds the KV (default: --threads; more threads "
         "than idle cores stall it badly)",
     )
-    p.add_argument(
-        "--repeats", type=int, default=None, help="timed iterations per shape (default 20; quick 5)"
-    )
-    p.add_argument("--warmup", type=int, default=None, help="untimed iterations per shape first (default 3)")
-    p.add_argument("--batches", type=_int_list, default=None, help="batch sizes, e.g. 1,8,32")
-    p.add_argument(
-        "--lengths", type=_int_list, default=None, help="cache lengths (prompt tokens), e.g. 128,512"
-    )
-    p.add_argument(
-        "--distinct",
-        type=int,
-        default=None,
-        help="distinct prompts prefilled per length; rows beyond that reuse their KV (default 4)",
-    )
-    p.add_argument("--no-static", action="store_true", help="skip the StaticCache reference variant")
-    p.add_argument(
-        "--profile",
-        action="store_true",
-        help="after timing, profile baton steps and bare forwards at the largest shape "
-        "(torch.profiler) and print the top ops",
-    )
-    p.add_argument("--quick", action="store_true", help="tiny shapes, few repeats (< 30 s)")
-    p.add_argument(
-        "--out",
-        default=None,
-        help="output path without suffix (default bench/results/step_bench[_quick][_threadsN])",
-    )
-    p.add_argument("--seed", type=int, default=0)
+    a("--repeats", type=int, default=None, help="timed iterations per shape (default 20; quick 5)")
+    a("--warmup", type=int, default=None, help="untimed iterations per shape first (default 3)")
+    sizes = comma_list(int, lambda v: v >= 1, "integers >= 1")
+    a("--batches", type=sizes, default=None, help="batch sizes, e.g. 1,8,32")
+    a("--lengths", type=sizes, default=None, help="cache lengths (prompt tokens), e.g. 128,512")
+    a("--distinct", type=int, default=None, help="distinct prompts prefilled per length (default 4)")
+    a("--no-static", action="store_true", help="skip the StaticCache reference variant")
+    a("--profile", action="store_true", help="then profile the largest shape (torch.profiler), print top ops")
+    a("--quick", action="store_true", help="tiny shapes, few repeats (< 30 s)")
+    add_output_arguments(p, "step_bench[_quick][_threadsN]")
+    a("--seed", type=int, default=0)
     args = p.parse_args(argv)
     preset = QUICK if args.quick else FULL
-    for key in ("batches", "lengths", "repeats", "warmup", "distinct"):
+    for key, value in dataclasses.asdict(preset).items():
         if getattr(args, key) is None:
-            setattr(args, key, preset[key])
+            setattr(args, key, value)
     if args.repeats < 1 or args.warmup < 0 or args.distinct < 1 or args.threads < 1:
         p.error("--repeats, --distinct and --threads must be >= 1, --warmup >= 0")
     if args.prefill_threads is None:
         args.prefill_threads = args.threads
-    if args.out is None:
-        stem = "step_bench_quick" if args.quick else "step_bench"
-        args.out = str(RESULTS_DIR / (stem if args.threads == 1 else f"{stem}_threads{args.threads}"))
+    if args.name is None:
+        args.name = ("step_bench_quick" if args.quick else "step_bench") + (
+            "" if args.threads == 1 else f"_threads{args.threads}"
+        )
     return args
 
 
-# ---------------------------------------------------------------------------- inputs
+# ---------------------------------------------------------------------------------------------- inputs
 def decode_steps(args) -> int:
     """Decode steps a BATON row takes in one shape: warm-up + timed (+ profiled)."""
     return args.warmup + args.repeats + (PROFILE_STEPS if args.profile else 0)
@@ -171,7 +159,7 @@ def make_handoffs(lm: LoadedModel, length: int, count: int, max_tokens: int, arg
     try:
         t0 = time.perf_counter()
         handoffs = engine.prefill(reqs)
-        _log(f"prefilled {count} x {length} tokens in {time.perf_counter() - t0:.1f} s")
+        log.info(f"prefilled {count} x {length} tokens in {time.perf_counter() - t0:.1f} s")
     finally:
         torch.set_num_threads(args.threads)
     for h in handoffs:
@@ -195,9 +183,8 @@ def layer_kv(lm: LoadedModel, handoffs: list[KVHandoff]) -> list[tuple[torch.Ten
     ]
 
 
-# ---------------------------------------------------------------------------- the timed variants
 class BatonRunner:
-    name = "baton"
+    """``DecodeBatch.step()`` on a batch holding the rows' prefilled KV."""
 
     def __init__(self, lm: LoadedModel, handoffs: list[KVHandoff], capacity: int):
         self.batch = DecodeBatch(lm, max_rows=len(handoffs), capacity=capacity)
@@ -212,126 +199,11 @@ class BatonRunner:
         wall = (time.perf_counter() - t0) * 1e3
         if res.finished:
             raise RuntimeError("a row finished while timing (max_tokens too small)")
-        self.tokens.append([tok for _, tok, _ in res.emitted])
+        self.tokens.append([t.token for t in res.emitted])
         return wall, res.forward_ms
 
 
-class BareRunner:
-    """The model called directly with a transformers cache holding the same KV."""
-
-    def __init__(
-        self,
-        lm: LoadedModel,
-        kv: list[tuple[torch.Tensor, torch.Tensor]],
-        first: list[int],
-        mode: str,
-        max_cache_len: int = 0,
-    ):
-        from transformers import DynamicCache, StaticCache
-
-        self.model = lm.model
-        self.mode = mode  # "fixed" | "grow" | "static"
-        self.rows, self.length = kv[0][0].shape[0], kv[0][0].shape[2]
-        if mode == "static":
-            self.cache = StaticCache(config=lm.model.config, max_cache_len=max_cache_len)
-        else:
-            self.cache = DynamicCache(config=lm.model.config)
-        for i, (k, v) in enumerate(kv):
-            self.cache.update(k, v, i)  # copies (DynamicLayer cats onto an empty tensor)
-        if self.cache.get_seq_length() != self.length:
-            raise RuntimeError(
-                f"{mode} cache holds {self.cache.get_seq_length()} columns, want {self.length}"
-            )
-        self.ids = torch.tensor(first, dtype=torch.long, device=lm.device).view(-1, 1)
-        self.device = lm.device
-        self.fed = 0
-        self.tokens: list[list[int]] = []
-
-    def run(self) -> float:
-        n = self.length + self.fed  # columns cached before this forward
-        mask = torch.ones((self.rows, n + 1), dtype=torch.long, device=self.device)
-        pos = torch.full((self.rows, 1), n, dtype=torch.long, device=self.device)
-        t0 = time.perf_counter()
-        out = self.model(
-            input_ids=self.ids,
-            attention_mask=mask,
-            position_ids=pos,
-            past_key_values=self.cache,
-            use_cache=True,
-            logits_to_keep=1,
-        )
-        ms = (time.perf_counter() - t0) * 1e3
-        self.ids = out.logits[:, -1, :].argmax(dim=-1, keepdim=True)
-        self.tokens.append(self.ids.view(-1).tolist())
-        if self.mode == "fixed":
-            self.cache.crop(-1)  # transformers 5: a negative count of columns to drop
-        else:
-            self.fed += 1
-        return ms
-
-
-# ---------------------------------------------------------------------------- stats
-def summary(samples: list[float]) -> dict:
-    s = sorted(samples)
-    return {
-        "median": statistics.median(s),
-        "mean": statistics.fmean(s),
-        "min": s[0],
-        "p90": s[min(len(s) - 1, round(0.9 * (len(s) - 1)))],
-        "stdev": statistics.stdev(s) if len(s) > 1 else 0.0,
-        "samples": [round(x, 4) for x in samples],
-    }
-
-
-def busy_cores(seconds: float = 1.0) -> float | None:
-    """Cores kept busy by everything on the machine over ``seconds`` (from /proc/stat), or None."""
-
-    def sample() -> tuple[int, int]:
-        vals = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-        return sum(vals), vals[3] + (vals[4] if len(vals) > 4 else 0)  # total, idle + iowait
-
-    try:
-        total0, idle0 = sample()
-        time.sleep(seconds)
-        total1, idle1 = sample()
-    except (OSError, ValueError, IndexError):
-        return None
-    if total1 == total0:
-        return None
-    return round((1 - (idle1 - idle0) / (total1 - total0)) * (os.cpu_count() or 1), 2)
-
-
-def machine_info(threads: int) -> dict:
-    model_name = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model_name = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    import transformers
-
-    info = {
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "hostname": platform.node(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "cpu_model": model_name,
-        "cpu_count": os.cpu_count(),
-        "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "torch_threads": threads,
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "numpy": np.__version__,
-        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "loadavg_start": os.getloadavg(),
-    }
-    with contextlib.suppress(ValueError, OSError):
-        info["mem_total_gib"] = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
-    return info
-
-
+# ---------------------------------------------------------------------------------------------- one shape
 def paired_ratio(num: list[float], den: list[float]) -> float:
     return statistics.median(a / b for a, b in zip(num, den, strict=True))
 
@@ -340,12 +212,8 @@ def minor_faults() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
-def peak_rss_gib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # ru_maxrss is KiB on Linux
-
-
-# ---------------------------------------------------------------------------- one shape
-def bench_shape(lm: LoadedModel, base: list[KVHandoff], rows: int, length: int, args) -> dict:
+def bench_shape(lm: LoadedModel, base: list[KVHandoff], rows: int, length: int, args: Any) -> dict:
+    """Build the BATON batch and the bare caches for one shape, time them interleaved, sum it up."""
     steps = args.warmup + args.repeats
     # The first insert relocates the window with 3/4 of the spare room on its right: leave room for
     # every step there, so no relocation lands in the timed loop.
@@ -353,23 +221,44 @@ def bench_shape(lm: LoadedModel, base: list[KVHandoff], rows: int, length: int, 
     per_token = lm.layout.bytes_per_token(torch.finfo(lm.dtype).bits // 8)
     need = rows * per_token * (capacity + 3 * (length + steps + 1))
     if need > MEMORY_LIMIT_BYTES:
-        raise SystemExit(
+        raise ValueError(
             f"B={rows} L={length}: ~{need / 2**30:.1f} GiB of KV buffers; over the "
             f"{MEMORY_LIMIT_BYTES / 2**30:.0f} GiB limit of this benchmark"
         )
-    handoffs = [with_id(base[j % len(base)], f"B{rows}-L{length}-r{j}") for j in range(rows)]
-    first = [base[j % len(base)].header.first_token for j in range(rows)]
-    baton = BatonRunner(lm, handoffs, capacity)
-    kv = layer_kv(lm, [base[j % len(base)] for j in range(rows)])
+    picked = [base[j % len(base)] for j in range(rows)]
+    baton = BatonRunner(lm, [with_id(h, f"B{rows}-L{length}-r{j}") for j, h in enumerate(picked)], capacity)
+    kv = layer_kv(lm, picked)
+    first = [h.header.first_token for h in picked]
     runners = {"bare": BareRunner(lm, kv, first, "fixed"), "bare_grow": BareRunner(lm, kv, first, "grow")}
     if not args.no_static:
         runners["static"] = BareRunner(lm, kv, first, "static", max_cache_len=length + steps + 1)
     del kv
+    relocations = baton.batch.cache.relocations
+    times, faults = time_interleaved(baton, runners, steps, args.warmup)
+    if baton.batch.cache.relocations != relocations:
+        log.warning(f"B={rows} L={length}: the BATON window relocated during the run")
+    res = shape_result(times, faults, rows, length, capacity, args)
+    # Sanity: the bare path really computes the same tokens as the BATON step (greedy, same KV).
+    pairs = [
+        (a, b)
+        for sa, sb in zip(baton.tokens, runners["bare_grow"].tokens, strict=True)
+        for a, b in zip(sa, sb, strict=True)
+    ]
+    res["token_agreement"] = sum(a == b for a, b in pairs) / len(pairs)  # vs bare_grow (same positions)
+    res["relocations_while_timing"] = baton.batch.cache.relocations - relocations
+    if args.profile and rows == max(args.batches) and length == max(args.lengths):
+        res["profile"] = profile_shape(baton, runners)
+    return res
+
+
+def time_interleaved(
+    baton: BatonRunner, runners: dict[str, BareRunner], steps: int, warmup: int
+) -> tuple[dict[str, list[float]], dict[str, list[int]]]:
+    """ms per call and minor page faults per call of every variant, after ``warmup`` untimed iterations."""
     names = ["baton", *runners]
     refs = [n for n in runners if n != "bare"]
     times: dict[str, list[float]] = {n: [] for n in [*names, "baton_fwd"]}
-    faults: dict[str, list[int]] = {n: [] for n in names}  # minor page faults per call
-    relocations = baton.batch.cache.relocations
+    faults: dict[str, list[int]] = {n: [] for n in names}
     gc.collect()
     for it in range(steps):
         pair = ["baton", "bare"] if it % 2 == 0 else ["bare", "baton"]  # adjacent, each first half the time
@@ -377,35 +266,37 @@ def bench_shape(lm: LoadedModel, base: list[KVHandoff], rows: int, length: int, 
         rest = refs[k:] + refs[:k]
         for name in (pair + rest) if (it // 2) % 2 == 0 else (rest + pair):
             flt = minor_faults()
-            if name == "baton":
-                wall, fwd = baton.run()
-            else:
-                wall, fwd = runners[name].run(), None
+            wall, fwd = baton.run() if name == "baton" else (runners[name].run(), None)
             flt = minor_faults() - flt
-            if it >= args.warmup:
+            if it >= warmup:
                 times[name].append(wall)
                 faults[name].append(flt)
                 if fwd is not None:
                     times["baton_fwd"].append(fwd)
-    if baton.batch.cache.relocations != relocations:
-        _log(f"warning: B={rows} L={length}: the BATON window relocated during the run")
-    # Sanity: the bare path really computes the same tokens as the BATON step (greedy, same KV).
-    pairs = [
-        (a, b)
-        for sa, sb in zip(baton.tokens, runners["bare_grow"].tokens, strict=True)
-        for a, b in zip(sa, sb, strict=True)
-    ]
-    agreement = sum(a == b for a, b in pairs) / len(pairs)
-    stats = {name: summary(v) for name, v in times.items()}
-    step, fwd = stats["baton"]["median"], stats["baton_fwd"]["median"]
-    res = {
+    return times, faults
+
+
+def shape_result(
+    times: dict[str, list[float]],
+    faults: dict[str, list[int]],
+    rows: int,
+    length: int,
+    capacity: int,
+    args: Any,
+) -> dict[str, Any]:
+    stats = {name: sample_stats(v) for name, v in times.items()}
+    step, fwd, bare = stats["baton"]["median"], stats["baton_fwd"]["median"], stats["bare"]["median"]
+    return {
         "batch": rows,
         "cache_len": length,
         "repeats": args.repeats,
         "warmup": args.warmup,
         "capacity": capacity,
-        "attended_columns": [length + args.warmup + 1, length + steps],  # bare/baton, first/last timed
-        "bare_ms": stats["bare"]["median"],
+        "attended_columns": [
+            length + args.warmup + 1,
+            length + args.warmup + args.repeats,
+        ],  # first/last timed
+        "bare_ms": bare,
         "bare_grow_ms": stats["bare_grow"]["median"],
         "static_ms": stats["static"]["median"] if "static" in stats else None,
         "baton_step_ms": step,
@@ -413,20 +304,15 @@ def bench_shape(lm: LoadedModel, base: list[KVHandoff], rows: int, length: int, 
         "baton_overhead_ms": step - fwd,
         # Per-iteration pairs (bare and the step ran back to back): robust to a shared machine's slow phases.
         "ratio": paired_ratio(times["bare"], times["baton"]),
-        "ratio_medians": stats["bare"]["median"] / step,
+        "ratio_medians": bare / step,
         "ratio_min": stats["bare"]["min"] / stats["baton"]["min"],
         "ratio_grow": paired_ratio(times["bare_grow"], times["baton"]),
-        "ratio_forward": stats["bare"]["median"] / fwd,
-        "bare_tok_s": rows / stats["bare"]["median"] * 1e3,
+        "ratio_forward": bare / fwd,
+        "bare_tok_s": rows / bare * 1e3,
         "baton_tok_s": rows / step * 1e3,
-        "token_agreement": agreement,  # BATON step vs bare_grow (same positions), greedy
         "minor_faults_per_call": {n: statistics.median(v) for n, v in faults.items()},
-        "relocations_while_timing": baton.batch.cache.relocations - relocations,
         "stats": stats,
     }
-    if args.profile and rows == max(args.batches) and length == max(args.lengths):
-        res["profile"] = profile_shape(baton, runners)
-    return res
 
 
 def profile_shape(baton: BatonRunner, runners: dict[str, BareRunner], n: int = PROFILE_STEPS) -> dict:
@@ -445,150 +331,33 @@ def profile_shape(baton: BatonRunner, runners: dict[str, BareRunner], n: int = P
     return out
 
 
-# ---------------------------------------------------------------------------- output
-COLUMNS = (
-    ("B", "{batch:>3d}"),
-    ("L", "{cache_len:>4d}"),
-    ("bare ms", "{bare_ms:>8.2f}"),
-    ("grow ms", "{bare_grow_ms:>8.2f}"),
-    ("static ms", "{static:>9s}"),
-    ("step ms", "{baton_step_ms:>8.2f}"),
-    ("fwd ms", "{baton_forward_ms:>8.2f}"),
-    ("ovh ms", "{baton_overhead_ms:>6.2f}"),
-    ("bare/step", "{ratio:>9.3f}"),
-    ("med/med", "{ratio_medians:>7.3f}"),
-    ("grow/step", "{ratio_grow:>9.3f}"),
-    ("bare tok/s", "{bare_tok_s:>10.1f}"),
-    ("baton tok/s", "{baton_tok_s:>11.1f}"),
-    ("goal", "{goal:>4s}"),
-)
-
-
-def table_header() -> str:
-    widths = [len(fmt.format(**_DUMMY)) for _, fmt in COLUMNS]
-    return " ".join(h.rjust(w) for (h, _), w in zip(COLUMNS, widths, strict=True))
-
-
-_DUMMY = {
-    "batch": 0,
-    "cache_len": 0,
-    "bare_ms": 0.0,
-    "bare_grow_ms": 0.0,
-    "static": "",
-    "baton_step_ms": 0.0,
-    "baton_forward_ms": 0.0,
-    "baton_overhead_ms": 0.0,
-    "ratio": 0.0,
-    "ratio_grow": 0.0,
-    "ratio_medians": 0.0,
-    "bare_tok_s": 0.0,
-    "baton_tok_s": 0.0,
-    "goal": "",
-}
-
-
-def table_row(r: dict) -> str:
-    static = "-" if r["static_ms"] is None else f"{r['static_ms']:.2f}"
-    vals = {**r, "static": static, "goal": "ok" if r["ratio"] >= GOAL else "LOW"}
-    return " ".join(fmt.format(**vals) for _, fmt in COLUMNS)
-
-
-def plot(results: list[dict], meta: dict, path: Path) -> bool:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        _log("matplotlib is not installed: no plot (pip install matplotlib)")
-        return False
-    labels = [f"B={r['batch']}\nL={r['cache_len']}" for r in results]
-    series = [
-        ("bare (DynamicCache, cropped to L)", "bare_ms", "#4c72b0"),
-        ("bare, DynamicCache growing", "bare_grow_ms", "#8fa9d6"),
-        ("BATON step", "baton_step_ms", "#dd8452"),
-        ("BATON forward_ms", "baton_forward_ms", "#f2b98b"),
-    ]
-    if any(r["static_ms"] is not None for r in results):
-        series.append(("StaticCache", "static_ms", "#55a868"))
-    x = np.arange(len(results))
-    w = 0.8 / len(series)
-    fig, (ax, ax2) = plt.subplots(
-        2, 1, figsize=(max(8, 1.6 * len(results)), 8.5), gridspec_kw={"height_ratios": [3, 1.4]}, sharex=True
-    )
-    for i, (name, key, color) in enumerate(series):
-        vals = [r[key] if r[key] is not None else np.nan for r in results]
-        ax.bar(x + (i - (len(series) - 1) / 2) * w, vals, w, label=name, color=color)
-    ax.set_yscale("log")
-    ax.set_ylabel("ms per decode token (median, log scale)")
-    ax.set_title(
-        f"BATON decode step vs bare forward - {meta['model']}, {meta['machine']['torch_threads']} "
-        f"thread(s), {meta['machine']['cpu_model'] or 'CPU'}",
-        fontsize=10,
-    )
-    ax.legend(fontsize=8)
-    ax.grid(axis="y", alpha=0.3, which="both")
-    ratios = [r["ratio"] for r in results]
-    ax2.bar(
-        x - 0.2,
-        ratios,
-        0.4,
-        label="bare / BATON step (median of paired ratios)",
-        color=["#dd8452" if v >= GOAL else "#c44e52" for v in ratios],
-    )
-    ax2.bar(
-        x + 0.2,
-        [r["ratio_grow"] for r in results],
-        0.4,
-        label="bare growing / BATON step (paired)",
-        color="#8fa9d6",
-    )
-    ax2.axhline(GOAL, color="k", ls="--", lw=1, label=f"goal {GOAL}")
-    ax2.axhline(1.0, color="grey", ls=":", lw=1)
-    ax2.set_ylabel("ratio")
-    ax2.legend(fontsize=8, loc="upper left")
-    ax2.set_xticks(x, labels)
-    ax2.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return True
-
-
-# ---------------------------------------------------------------------------- main
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    torch.manual_seed(args.seed)
-    torch.set_num_threads(args.threads)
-    t_start = time.perf_counter()
-    busy = busy_cores()
-    if busy is not None and busy > 0.5:
-        _log(
-            f"warning: other processes keep ~{busy:.1f} of {os.cpu_count()} cores busy: timings will be "
-            "noisy (the interleaved, paired ratio is the most robust number then)"
-        )
-    _log(f"loading {args.model}")
-    lm = load_model(args.model)
-    meta = {
-        "model": args.model,
-        "dtype": lm.dtype_name,
-        "layout": dataclasses.asdict(lm.layout),
-        "machine": machine_info(args.threads),
-        "args": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(args).items()},
-        "goal": GOAL,
-        "method": "per iteration: baton_step and bare back to back (alternating first), then the "
-        "references in rotating order; ms = medians of one call's wall clock; ratio = median over "
-        "iterations of bare_i / baton_step_i (ratio_medians = median/median, ratio_min = min/min); "
-        "bare's DynamicCache is cropped back to L columns after each forward (attends L+1); "
-        "bare_grow's grows one column per forward like the BATON window (same attended columns "
-        "every iteration); ms are wall clock of one call",
+# ---------------------------------------------------------------------------------------------- output
+def table_row(r: dict) -> dict[str, str]:
+    """One shape as BENCHMARKS.md shows it."""
+    return {
+        "batch": str(r["batch"]),
+        "cache len": str(r["cache_len"]),
+        "bare forward ms": f"{r['bare_ms']:.1f}",
+        "BATON step ms": f"{r['baton_step_ms']:.1f}",
+        "BATON forward ms": f"{r['baton_forward_ms']:.1f}",
+        "bare / step": f"**{r['ratio']:.3f}**" if r["ratio"] >= GOAL else f"{r['ratio']:.3f} (LOW)",
+        "bare (growing DynamicCache) / step": f"{r['ratio_grow']:.3f}",
+        "StaticCache ms": "-" if r["static_ms"] is None else f"{r['static_ms']:.1f}",
     }
-    _log(
-        f"shapes B={list(args.batches)} x L={list(args.lengths)}, {args.warmup} warm-up + {args.repeats} "
-        f"timed iterations each, {args.threads} thread(s)"
-    )
+
+
+def summary(results: list[dict], meta: dict) -> dict[str, Any]:
+    """Every figure per shape, without the samples and profiles."""
+    return {
+        "meta": meta,
+        "shapes": [{k: v for k, v in r.items() if k not in ("stats", "profile")} for r in results],
+    }
+
+
+# ---------------------------------------------------------------------------------------------- main
+def run_shapes(lm: LoadedModel, args: Any) -> list[dict]:
+    """Every (length, batch) shape; its table row printed as it ends."""
     results: list[dict] = []
-    header_printed = False
     with torch.inference_mode():
         for length in args.lengths:
             base = make_handoffs(
@@ -599,37 +368,67 @@ def main(argv: list[str] | None = None) -> int:
                 r = bench_shape(lm, base, rows, length, args)
                 r["seconds"] = round(time.perf_counter() - t0, 2)
                 results.append(r)
-                if not header_printed:
-                    print(table_header(), flush=True)
-                    header_printed = True
-                print(table_row(r), flush=True)
+                lines = md_table([table_row(r)])
+                print("\n".join(lines if len(results) == 1 else lines[2:]), flush=True)
                 if r["token_agreement"] < 0.99:
-                    _log(
-                        f"note: B={rows} L={length}: BATON and bare tokens agree on only "
-                        f"{r['token_agreement']:.1%} (numerical ties?)"
+                    agree = f"{r['token_agreement']:.1%}"
+                    log.info(
+                        f"note: B={rows} L={length}: BATON and bare tokens agree on only {agree} (ties?)"
                     )
                 gc.collect()
             del base
             gc.collect()
-    meta["machine"]["busy_cores_before"] = busy
-    meta["machine"]["loadavg_end"] = os.getloadavg()
-    meta["machine"]["busy_cores_after"] = busy_cores()
-    meta["machine"]["peak_rss_gib"] = round(peak_rss_gib(), 2)
-    meta["seconds"] = round(time.perf_counter() - t_start, 1)
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    setup_logging()
+    torch.manual_seed(args.seed)
+    torch.set_num_threads(args.threads)
+    t_start = time.perf_counter()
+    machine = machine_info(args.threads)
+    if (machine["background_cores_start"] or 0) > 0.5:
+        log.warning(
+            f"other processes keep ~{machine['background_cores_start']:.1f} cores busy: timings will be noisy "
+            "(the interleaved, paired ratio is the most robust number then)"
+        )
+    window = CpuWindow().start()
+    log.info(f"loading {args.model}")
+    quiet_transformers()
+    lm = load_model(args.model)
+    log.info(
+        f"shapes B={list(args.batches)} x L={list(args.lengths)}, {args.warmup} warm-up + {args.repeats} "
+        f"timed iterations each, {args.threads} thread(s)"
+    )
+    try:
+        results = run_shapes(lm, args)
+    except ValueError as e:
+        print(f"step_bench: error: {e}", file=sys.stderr)
+        return 2
+    machine |= {"loadavg_end": os.getloadavg(), "cpu_during_run": window.stop()}
+    machine["peak_rss_gib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)  # KiB
+    meta = {
+        "command": command_line(PROG, argv),
+        "model": args.model,
+        "dtype": lm.dtype_name,
+        "layout": dataclasses.asdict(lm.layout),
+        "machine": machine,
+        "args": vars(args),
+        "goal": GOAL,
+        "method": "see baton/bench/step_bench.py",
+        "seconds": round(time.perf_counter() - t_start, 1),
+    }
     low = [f"B={r['batch']} L={r['cache_len']} ({r['ratio']:.2f})" for r in results if r["ratio"] < GOAL]
     print(
         f"\ngoal bare/step >= {GOAL}: " + ("met at every shape" if not low else "missed at " + ", ".join(low))
     )
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    json_path = out.with_suffix(".json")
-    json_path.write_text(json.dumps({"meta": meta, "results": results}, indent=1) + "\n")
-    png_path = out.with_suffix(".png")
-    wrote_png = plot(results, meta, png_path)
-    print(
-        f"wrote {json_path}"
-        + (f" and {png_path}" if wrote_png else "")
-        + f" ({meta['seconds']} s, peak RSS {meta['machine']['peak_rss_gib']} GiB)"
+    out = Outputs.of(args.out_dir, args.name)
+    written = [write_json(out.raw(".json"), {"meta": meta, "results": results})]
+    written += [p for p in [step_plot(results, meta, out.plot())] if p]
+    written.append(out.publish(summary(results, meta)))
+    log.info(
+        f"wrote {', '.join(map(str, written))} ({meta['seconds']} s, peak RSS {machine['peak_rss_gib']} GiB)"
     )
     return 0
 

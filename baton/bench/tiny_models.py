@@ -89,29 +89,19 @@ def build(
         initializer_range=init,
         tie_word_embeddings=False,
     )
+    llama_like = dict(
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=context,
+        **common,
+    )
     if family == "llama":
-        cfg = LlamaConfig(
-            hidden_size=hidden,
-            intermediate_size=2 * hidden,
-            num_hidden_layers=layers,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=context,
-            **common,
-        )
-        cls = LlamaForCausalLM
+        cfg, cls = LlamaConfig(**llama_like), LlamaForCausalLM
     elif family == "qwen2":
-        cfg = Qwen2Config(
-            hidden_size=hidden,
-            intermediate_size=2 * hidden,
-            num_hidden_layers=layers,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=context,
-            use_sliding_window=False,
-            **common,
-        )
-        cls = Qwen2ForCausalLM
+        cfg, cls = Qwen2Config(use_sliding_window=False, **llama_like), Qwen2ForCausalLM
     elif family == "gpt2":
         cfg = GPT2Config(n_embd=hidden, n_layer=layers, n_head=4, n_positions=context, **common)
         cls = GPT2LMHeadModel

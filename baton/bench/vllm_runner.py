@@ -1,9 +1,9 @@
-"""Replays benchmark traces on vLLM (CPU build); run by ``bench.systems`` with the vLLM venv's python.
+"""Replays benchmark traces on vLLM (CPU build); run by ``baton.bench.external`` with the vLLM venv's python.
 
 Standalone on purpose: it imports only vLLM and the standard library (the vLLM venv has no baton).
 
     VLLM_CPU_OMP_THREADS_BIND=0-1 VLLM_CPU_NUM_OF_RESERVED_CPU=0 OMP_NUM_THREADS=2 VLLM_CPU_KVCACHE_SPACE=4 \
-        /work/vllm-venv/bin/python bench/vllm_runner.py IN.json OUT.json
+        /work/vllm-venv/bin/python baton/bench/vllm_runner.py IN.json OUT.json
 
 IN.json: ``{"model", "max_batch_size", "max_seq_len", "runs": [{"name", "prompts": [[ids]], "max_tokens": [n],
 "arrivals": [s]}]}``. The engine (``AsyncLLM``) starts once; the first run is a warm-up. Each request
