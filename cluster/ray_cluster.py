@@ -37,7 +37,10 @@ def init_ray(cfg: ClusterConfig) -> bool:
         ray.init(address=address, log_to_driver=True)
         return False
     need = cfg.prefill_workers * cfg.prefill_num_cpus + cfg.decode_workers * cfg.decode_num_cpus
+    # address="local": start a new Ray even when `ray start` left a cluster record on this machine
+    # (without it ray.init would join that cluster, which --ray-address did not ask for).
     ray.init(
+        address="local",
         num_cpus=cfg.ray_num_cpus or max(os.cpu_count() or 1, int(need + 0.999)),
         object_store_memory=cfg.object_store_bytes,
         _node_ip_address="127.0.0.1",

@@ -1,4 +1,8 @@
-"""Shared fixtures: small random models (Llama, Qwen2, GPT-2) built once per session from fixed seeds."""
+"""Shared fixtures: small random models (Llama, Qwen2, GPT-2) built once per session from fixed seeds,
+and a local in-process Ray cluster for the modules that run real Ray actors.
+
+Helper modules (``oracle``, ``helpers``) live beside this file and are imported by name.
+"""
 
 from __future__ import annotations
 
@@ -35,12 +39,46 @@ _loaded: dict[str, object] = {}
 
 @pytest.fixture(scope="session")
 def tiny_lm(model_dir):
-    """``tiny_lm(family)`` -> LoadedModel (cached for the session)."""
+    """``tiny_lm(family)`` -> LoadedModel (cached for the session), in float32: the oracle's tie rule
+    (top-2 logits within 1e-4) assumes float32, where any two correct forwards agree that closely."""
     from baton.core.models import load_model
 
     def get(family: str):
         if family not in _loaded:
-            _loaded[family] = load_model(str(model_dir(family)))
+            _loaded[family] = load_model(str(model_dir(family)), dtype="float32")
         return _loaded[family]
 
     return get
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """A fresh local Ray cluster on 127.0.0.1 for one test module, shut down at the module's end.
+
+    Module scope, not session: other modules start Ray in subprocesses of their own (`ray start`,
+    `baton serve`, `baton run`) and must not find an in-process cluster running beside them. The
+    teardown fails the module if any of this cluster's processes outlive ``ray.shutdown()``.
+    """
+    import ray
+    from helpers import wait_gone
+
+    with pytest.MonkeyPatch.context() as mp:
+        # No token auth: a local ray.init() would otherwise write ~/.ray/auth_token, which later
+        # `ray start` / `ray job submit` processes would pick up (see the Makefile).
+        mp.setenv("RAY_AUTH_MODE", "disabled")
+        mp.delenv("RAY_ADDRESS", raising=False)
+        ray.init(
+            address="local",
+            num_cpus=4,
+            object_store_memory=300 * 1024**2,
+            _node_ip_address="127.0.0.1",
+            include_dashboard=False,
+            log_to_driver=False,
+        )
+        session = ray._private.worker._global_node.get_session_dir_path()
+        try:
+            yield ray
+        finally:
+            ray.shutdown()
+    left = wait_gone(session)
+    assert not left, f"Ray processes left behind: {left}"

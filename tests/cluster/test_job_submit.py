@@ -9,8 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from ports import free_port
-from ray_procs import wait_gone
+from helpers import free_port, wait_gone
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent

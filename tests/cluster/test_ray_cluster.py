@@ -2,35 +2,20 @@
 
 from __future__ import annotations
 
-import os
+import time
 
 import pytest
-from oracle import compare
-from queries import make_queries
-from ray_procs import wait_gone
+from oracle import assert_exact, make_queries
 
 from baton.core.params import SamplingParams
 from baton.core.request import Request
 from cluster.ray_cluster import Cluster, ClusterConfig
 
-ray = pytest.importorskip("ray")
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("local_ray")]
 
 
-@pytest.fixture(scope="module")
-def local_ray():
-    os.environ["RAY_AUTH_MODE"] = "disabled"
-    ray.init(
-        num_cpus=4,
-        object_store_memory=300 * 1024**2,
-        _node_ip_address="127.0.0.1",
-        include_dashboard=False,
-        log_to_driver=False,
-    )
-    session = ray._private.worker._global_node.get_session_dir_path()
-    yield
-    ray.shutdown()
-    left = wait_gone(session)
-    assert not left, f"Ray processes left behind: {left}"
+def _quiet(_msg: str) -> None:
+    pass
 
 
 def _cfg(folder, p, d, **kw) -> ClusterConfig:
@@ -39,34 +24,34 @@ def _cfg(folder, p, d, **kw) -> ClusterConfig:
         prefill_workers=p,
         decode_workers=d,
         max_seq_len=300,
+        dtype="float32",  # as tiny_lm, which the oracle checks against
         prefill_num_cpus=0.5,
         decode_num_cpus=0.5,
         **{"max_batch_size": 6, **kw},
     )
 
 
-def _check_exact(lm, reqs, results):
-    verdicts = [
-        compare(lm, list(r.prompt_token_ids), c.token_ids, r.params.max_tokens)
-        for r, c in zip(reqs, results, strict=True)
-    ]
-    bad = [v for v in verdicts if v not in ("equal", "tie")]
-    assert not bad, bad
-    assert sum(v == "tie" for v in verdicts) <= 2
+def _wait_until(predicate, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not predicate() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return predicate()
 
 
 @pytest.mark.parametrize(("family", "p", "d"), [("llama", 1, 1), ("qwen2", 1, 2), ("gpt2", 2, 1)])
-def test_exact_through_ray_actors(local_ray, model_dir, tiny_lm, family, p, d):
+def test_exact_through_ray_actors(model_dir, tiny_lm, family, p, d):
     lm = tiny_lm(family)
     reqs = make_queries(lm, seed=31, n=30)
-    with Cluster(_cfg(model_dir(family), p, d)).start(log=lambda m: None) as cluster:
+    with Cluster(_cfg(model_dir(family), p, d)).start(log=_quiet) as cluster:
         cluster.router.track_refs = True
         results = cluster.run_trace([(r, 0.015 * i) for i, r in enumerate(reqs)])
-        stats = cluster.decode_stats()
+        stats = [s["stats"] for s in cluster.decode_stats()]
     assert all(c.error is None for c in results), [c.error for c in results if c.error]
-    _check_exact(lm, reqs, results)
-    # Rows joined live batches, both kinds of workers were used, timings are complete.
-    assert sum(s["stats"]["inserted"] for s in stats) >= 25
+    assert_exact(lm, reqs, results)
+    # Most rows went through a decode worker and were decoded in batches of several rows.
+    assert sum(s["inserted"] for s in stats) >= 25
+    assert sum(s["row_steps"] for s in stats) > sum(s["steps"] for s in stats)
+    # Both kinds of workers were all used, timings are complete.
     assert {c.timings["decode_worker"] for c in results if c.timings["decode_worker"]} == {
         f"decode-{i}" for i in range(d)
     }
@@ -76,45 +61,70 @@ def test_exact_through_ray_actors(local_ray, model_dir, tiny_lm, family, p, d):
         assert t["ttft"] <= t["total"] and t["queue"] >= 0
         if len(c.token_ids) > 1:
             assert t["kv_bytes"] > 0 and t["kv_transfer"] >= 0 and t["decode"] > 0
-    # The decode loop never waited on anything but its own work for more than a few ms.
-    assert max(s["stats"]["max_blocked_ms"] for s in stats) < 50
+    # The decode loop hardly ever waits on anything but its own work (the inbox lock): in all, under a
+    # tenth of the time it spent stepping (here about 0.1 ms blocked against 500 ms of steps). Measured
+    # against the same run's steps rather than in fixed ms, so a busy machine slows both alike.
+    for s in stats:
+        assert s["blocked_ms"] < 0.1 * s["step_ms"], s
+
+
+class _SubmitSpy:
+    """Stands in for a decode actor handle: records what the router passes to ``submit``."""
+
+    def __init__(self, handle):
+        self._handle = handle
+        self.sent: list[list] = []
+
+    def __getattr__(self, name):
+        return getattr(self._handle, name)
+
+    @property
+    def submit(self):
+        spy = self
+
+        class _Method:
+            def remote(self, header_bytes, kv_refs):
+                spy.sent.append(list(kv_refs))
+                return spy._handle.submit.remote(header_bytes, kv_refs)
+
+        return _Method()
 
 
 def test_router_only_holds_references(local_ray, model_dir, tiny_lm):
+    ray = local_ray
     lm = tiny_lm("llama")
     reqs = make_queries(lm, seed=2, n=8)
-    with Cluster(_cfg(model_dir("llama"), 1, 1)).start(log=lambda m: None) as cluster:
-        router = cluster.router
-        router.track_refs = True
+    with Cluster(_cfg(model_dir("llama"), 1, 1)).start(log=_quiet) as cluster:
+        spies = [_SubmitSpy(w.handle) for w in cluster.router.decode]
+        for w, spy in zip(cluster.router.decode, spies, strict=True):
+            w.handle = spy
         results = cluster.run_trace([(r, 0.0) for r in reqs])
-        seen = list(router.refs_seen)
+        seen = [ref for spy in spies for refs in spy.sent for ref in refs]
         # Everything the router was handed for a KV is an ObjectRef, never the array itself.
         assert seen and all(isinstance(x, ray.ObjectRef) for x in seen)
         # One ref per request that went on to decode (a request done at its first token ships no KV).
         assert len(seen) == sum(1 for c in results if len(c.token_ids) > 1)
         assert sum(c.timings["kv_bytes"] for c in results) > 0
-    _check_exact(lm, reqs, results)
+    assert_exact(lm, reqs, results)
 
 
-def test_full_decode_worker_delays_never_loses(local_ray, model_dir, tiny_lm):
+def test_full_decode_worker_delays_never_loses(model_dir, tiny_lm):
     lm = tiny_lm("llama")
     reqs = make_queries(lm, seed=9, n=12)
     with Cluster(_cfg(model_dir("llama"), 1, 1, max_batch_size=2, prefill_ahead=6)).start(
-        log=lambda m: None
+        log=_quiet
     ) as cluster:
         results = cluster.run_trace([(r, 0.0) for r in reqs])
         assert cluster.router.max_pending > 0  # handoffs did wait for a row
         info = cluster.server_info()
     assert all(c.error is None for c in results)
-    _check_exact(lm, reqs, results)
+    assert_exact(lm, reqs, results)
     assert info["pending_decode"] == 0 and info["queue_depth"] == 0
 
 
-def test_streaming_and_abort_frees_the_row(local_ray, model_dir, tiny_lm):
-    import time
-
+def test_streaming_and_abort_frees_the_row(model_dir, tiny_lm):
     lm = tiny_lm("llama")
-    with Cluster(_cfg(model_dir("llama"), 1, 1, max_batch_size=2)).start(log=lambda m: None) as cluster:
+    with Cluster(_cfg(model_dir("llama"), 1, 1, max_batch_size=2)).start(log=_quiet) as cluster:
         long = Request("long", tuple(range(5, 25)), SamplingParams(max_tokens=250, ignore_eos=True), seed=1)
         stream = cluster.submit(long)
         it = iter(stream)
@@ -124,25 +134,23 @@ def test_streaming_and_abort_frees_the_row(local_ray, model_dir, tiny_lm):
         assert cluster.call(cluster.router.abort("long")) is True
         c = stream.result()
         assert c.finish_reason == "abort" and len(c.token_ids) < 250
-        time.sleep(0.3)
-        load = cluster.decode_stats()[0]
-        assert load["rows"] == 0
+        assert _wait_until(lambda: cluster.decode_stats()[0]["rows"] == 0), cluster.decode_stats()
         # The freed row serves the next request, exactly.
         r = make_queries(lm, seed=4, n=1)[0]
         out = cluster.submit(r).result()
-    _check_exact(lm, [r], [out])
+    assert_exact(lm, [r], [out])
 
 
 def test_lost_decode_worker_fails_its_requests_and_refuses_new_work(local_ray, model_dir):
     from cluster.router import NoWorkers
 
-    with Cluster(_cfg(model_dir("llama"), 1, 1)).start(log=lambda m: None) as cluster:
+    with Cluster(_cfg(model_dir("llama"), 1, 1)).start(log=_quiet) as cluster:
         long = Request("long", tuple(range(5, 25)), SamplingParams(max_tokens=250, ignore_eos=True), seed=1)
         stream = cluster.submit(long)
         it = iter(stream)
         next(it)
         next(it)  # decoding now
-        ray.kill(cluster.decode_actors[0])
+        local_ray.kill(cluster.decode_actors[0])
         c = stream.result()
         assert c.error is not None and "decode worker" in c.error
         assert not cluster.router.healthy

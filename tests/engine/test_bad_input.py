@@ -3,33 +3,22 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
 import pytest
-from oracle import compare
+from helpers import BAD_REQUEST_LINES, BAD_REQUESTS, session_of_driver, wait_gone
+from oracle import assert_exact, greedy_request
 
 from baton.core.config import EngineConfig
 from baton.core.errors import ModelError, ValidationError
 from baton.core.models import load_model
+from baton.core.request import Completion
 from baton.core.requests_io import parse_spec
 from baton.engine import run_specs
 
-BAD = [
-    ({"prompt": ""}, "prompt"),
-    ({"prompt_token_ids": []}, "prompt"),
-    ({"prompt_token_ids": [5] * 400}, "prompt"),  # beyond the 300-token context used here
-    ({"prompt": "hi", "max_tokens": 0}, "max_tokens"),
-    ({"prompt": "hi", "max_tokens": 5000}, "max_tokens"),
-    ({"prompt": "hi", "temperature": -0.5}, "temperature"),
-    ({"prompt": "hi", "temperature": float("nan")}, "temperature"),
-    ({"prompt": "hi", "top_p": 0}, "top_p"),
-    ({"prompt": "hi", "top_p": 1.5}, "top_p"),
-    ({"prompt": "hi", "top_k": -1}, "top_k"),
-    ({"prompt_token_ids": [1, 99999]}, "prompt_token_ids"),
-    ({"prompt": "hi", "colour": "red"}, "colour"),
-    ({"prompt": "hi", "stop": [""]}, "stop"),
-]
+BAD = BAD_REQUESTS + BAD_REQUEST_LINES
 
 
 def _specs(objs):
@@ -38,8 +27,6 @@ def _specs(objs):
         try:
             out.append(parse_spec(o, f"r{i}"))
         except ValidationError as e:
-            from baton.core.request import Completion
-
             out.append(Completion(o.get("id", f"r{i}"), error=str(e), error_field=e.field))
     return out
 
@@ -63,10 +50,12 @@ def test_bad_inputs_named_and_good_ones_unharmed(tiny_lm):
         c = by[f"bad{i}"]
         assert c.error is not None and c.error_field == field, (BAD[i], c)
         assert field in c.error
-    for g in good:
-        c = by[g["id"]]
-        assert c.error is None
-        assert compare(lm, g["prompt_token_ids"], c.token_ids, 20) in ("equal", "tie")
+    assert all(by[g["id"]].error is None for g in good)
+    assert_exact(
+        lm,
+        [greedy_request(g["id"], g["prompt_token_ids"], g["max_tokens"]) for g in good],
+        [by[g["id"]] for g in good],
+    )
 
 
 def test_unknown_and_unsupported_models(tmp_path):
@@ -90,7 +79,14 @@ def test_unknown_and_unsupported_models(tmp_path):
         load_model(str(bert))
 
 
-def test_cli_run_reports_bad_line_and_runs_the_rest(model_dir, tmp_path):
+@pytest.mark.parametrize(
+    "where",
+    [
+        "local",  # --local: policy baton in the CLI's own process
+        pytest.param("ray", marks=pytest.mark.slow),  # the default: a local Ray cluster, real actors
+    ],
+)
+def test_cli_run_reports_bad_line_and_runs_the_rest(model_dir, tmp_path, where):
     folder = model_dir("llama")
     lines = [
         json.dumps({"id": "ok1", "prompt": "The quick brown fox", "max_tokens": 8}),
@@ -101,26 +97,29 @@ def test_cli_run_reports_bad_line_and_runs_the_rest(model_dir, tmp_path):
     inp = tmp_path / "in.jsonl"
     inp.write_text("\n".join(lines) + "\n")
     out = tmp_path / "out.jsonl"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "baton.cli",
-            "run",
-            "--model",
-            str(folder),
-            "--requests",
-            str(inp),
-            "--out",
-            str(out),
-            "--max-seq-len",
-            "300",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr
+    env = dict(os.environ, RAY_AUTH_MODE="disabled")
+    env.pop("RAY_ADDRESS", None)
+    argv = [
+        sys.executable,
+        "-m",
+        "baton.cli",
+        "run",
+        "--model",
+        str(folder),
+        "--requests",
+        str(inp),
+        "--out",
+        str(out),
+        "--max-seq-len",
+        "300",
+    ]
+    argv += ["--local"] if where == "local" else ["--object-store-mb", "300"]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 0, stderr
+    if where == "ray":
+        left = wait_gone(session_of_driver(proc.pid))
+        assert not left, f"Ray processes left behind: {left}"
     rows = [json.loads(x) for x in out.read_text().splitlines()]
     assert [r["id"] for r in rows] == ["ok1", "line-2", "bad", "ok2"]
     assert rows[0]["finish_reason"] in ("length", "eos") and rows[0]["token_ids"]

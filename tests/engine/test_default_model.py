@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from oracle import compare
+from oracle import assert_exact, greedy_request
 
 from baton.core.config import EngineConfig
 from baton.core.models import load_model
@@ -28,15 +28,14 @@ def test_smollm2_answers_a_question():
     ]
     res, _ = run_specs(lm, EngineConfig(max_batch_size=4, max_seq_len=256), specs)
     assert "Paris" in res[0].text, res[0].text
-    for c in res:
-        prompt = (
-            lm.tokenizer.apply_chat_template(
-                [{"role": "user", "content": "What is the capital of France?"}],
-                add_generation_prompt=True,
-                tokenize=True,
-                return_dict=False,
-            )
-            if c.request_id == "q"
-            else lm.tokenizer.encode("One, two, three, four,")
-        )
-        assert compare(lm, list(prompt), c.token_ids, 16 if c.request_id == "q" else 12) in ("equal", "tie")
+    chat = lm.tokenizer.apply_chat_template(
+        [{"role": "user", "content": "What is the capital of France?"}],
+        add_generation_prompt=True,
+        tokenize=True,
+        return_dict=False,
+    )
+    reqs = [
+        greedy_request("q", chat, 16),
+        greedy_request("r", lm.tokenizer.encode("One, two, three, four,"), 12),
+    ]
+    assert_exact(lm, reqs, res)

@@ -11,8 +11,7 @@ import random
 
 import pytest
 import torch
-from oracle import compare
-from queries import make_queries
+from oracle import assert_exact, hf_model, make_queries
 
 from baton.core.params import SamplingParams
 from baton.core.policy import BatchState, Candidate, admit
@@ -20,7 +19,17 @@ from baton.core.request import Request
 from decode_worker.batch import DecodeBatch
 from prefill_worker.engine import PrefillEngine
 
-N_QUERIES = 36
+
+class LogitsSpy:
+    """A runtime wrapper that keeps the logits of the last decode forward, for inspection."""
+
+    def __init__(self, runtime):
+        self.runtime = runtime
+        self.last = None
+
+    def decode(self, step, cache):
+        self.last = self.runtime.decode(step, cache)
+        return self.last
 
 
 def run_schedule(lm, reqs, seed: int, max_rows: int = 8):
@@ -59,15 +68,9 @@ def test_baton_batch_matches_generate(tiny_lm, family):
     # The schedule must really exercise what it claims to.
     assert ev["shorter"] > 0 and ev["longer"] > 0, ev
     assert ev["left_mid_batch"] > 0 and ev["trims"] > 0 and ev["multi_prefill"] > 0, ev
-    verdicts = {
-        r.request_id: compare(lm, list(r.prompt_token_ids), out[r.request_id], r.params.max_tokens)
-        for r in reqs
-    }
-    failures = {k: v for k, v in verdicts.items() if v not in ("equal", "tie")}
-    assert not failures, failures
-    # Ties are allowed but must stay rare, or the test would prove nothing.
-    assert sum(v == "tie" for v in verdicts.values()) <= 2, verdicts
-    # Outputs are not degenerate: many distinct tokens, some EOS stops and some full-length rows.
+    assert_exact(lm, reqs, out)
+    # Outputs are not degenerate (many distinct tokens), so agreeing with generate means something.
+    # (Not every tiny model emits EOS here: EOS stops are checked in test_policies.)
     assert len({t for toks in out.values() for t in toks}) > 50
 
 
@@ -86,6 +89,7 @@ def test_orca_batch_matches_generate_with_lone_padded_rows(tiny_lm):
     ]
     rng = random.Random(2)
     batch = DecodeBatch(lm, 6, capacity=900)
+    batch.runtime = spy = LogitsSpy(batch.runtime)
     out: dict[str, list[int]] = {}
     pending = list(reqs)
     lone_padded = 0
@@ -111,15 +115,9 @@ def test_orca_batch_matches_generate_with_lone_padded_rows(tiny_lm):
             r = next(q for q in reqs if q.request_id == row.request_id)
             toks = list(r.prompt_token_ids) + row.tracker.token_ids[:-1]
             with torch.no_grad():
-                ref = lm.model(torch.tensor([toks])).logits[0, -1]
-            assert (ref - batch.last_logits[0]).abs().max() < 2e-3
+                ref = hf_model(lm)(torch.tensor([toks])).logits[0, -1]
+            assert (ref - spy.last[0]).abs().max() < 2e-3
         for f in res.finished:
             out[f.request_id] = f.token_ids
     assert lone_padded > 0
-    bad = {
-        r.request_id: v
-        for r in reqs
-        if (v := compare(lm, list(r.prompt_token_ids), out[r.request_id], r.params.max_tokens, True))
-        not in ("equal", "tie")
-    }
-    assert not bad, bad
+    assert_exact(lm, reqs, out)  # ignore_eos comes from each request's params

@@ -4,21 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import datetime
-import filecmp
 import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-from ports import free_port
-from queries import make_queries
-from ray_procs import wait_gone
+from helpers import BAD_REQUESTS, free_port, self_signed_cert
+from oracle import make_queries
 
 from baton.client import AsyncBatonClient, BatonClient
 from baton.core.config import EngineConfig
@@ -27,65 +23,26 @@ from baton.v1 import generation_pb2 as pb
 from cluster.grpc_server import GrpcServer
 from cluster.ray_cluster import Cluster, ClusterConfig
 
-ray = pytest.importorskip("ray")
+pytestmark = pytest.mark.slow  # a local Ray cluster and real workers
 TOKEN = "s3cret-token"
-REPO = Path(__file__).resolve().parents[2]
-
-
-def _self_signed(tmp: Path) -> tuple[bytes, bytes]:
-    import ipaddress
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-            ),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    return (
-        cert.public_bytes(serialization.Encoding.PEM),
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        ),
-    )
 
 
 @pytest.fixture(scope="module")
-def served(model_dir, tmp_path_factory):
-    """One cluster (1 prefill + 1 decode worker), three servers: plain, auth, TLS."""
-    os.environ["RAY_AUTH_MODE"] = "disabled"
-    ray.init(
-        num_cpus=4,
-        object_store_memory=300 * 1024**2,
-        _node_ip_address="127.0.0.1",
-        include_dashboard=False,
-        log_to_driver=False,
-    )
-    session = ray._private.worker._global_node.get_session_dir_path()
+def served(local_ray, model_dir):
+    """One cluster (1 prefill + 1 decode worker) on the module's local Ray, three servers: plain,
+    auth, TLS."""
+    assert local_ray.is_initialized()  # the cluster joins this Ray instead of starting (and owning) one
     folder = model_dir("llama")
     cfg = ClusterConfig(
-        model=str(folder), max_batch_size=8, max_seq_len=500, prefill_num_cpus=0.5, decode_num_cpus=0.5
+        model=str(folder),
+        dtype="float32",  # as tiny_lm, which the offline comparison runs
+        max_batch_size=8,
+        max_seq_len=500,
+        prefill_num_cpus=0.5,
+        decode_num_cpus=0.5,
     )
-    cluster = Cluster(cfg).start(log=lambda m: None)
-    cert, key = _self_signed(tmp_path_factory.mktemp("tls"))
+    cluster = Cluster(cfg).start(log=lambda _msg: None)
+    cert, key = self_signed_cert(["localhost"], ips=("127.0.0.1",))
     ports = {"plain": free_port(), "auth": free_port(), "tls": free_port()}
 
     async def make():
@@ -104,14 +61,11 @@ def served(model_dir, tmp_path_factory):
         "servers": servers,
         "ports": ports,
         "cert": cert,
-        "folder": folder,
         "target": f"127.0.0.1:{ports['plain']}",
     }
     for s in servers.values():
         cluster.call(s.drain(1.0))
     cluster.shutdown()
-    ray.shutdown()
-    assert not wait_gone(session)
 
 
 def _live_rows(client: BatonClient) -> int:
@@ -188,34 +142,18 @@ def test_16_concurrent_streams_match_offline_run(served, tiny_lm):
         assert resps[0].complete.text == offline[0].text
 
 
-BAD = [
-    (dict(prompt=""), "prompt"),
-    (dict(prompt=[]), "prompt"),
-    (dict(prompt=[5] * 600), "prompt"),
-    (dict(prompt="hi", max_tokens=0), "max_tokens"),
-    (dict(prompt="hi", max_tokens=5000), "max_tokens"),
-    (dict(prompt="hi", temperature=-1.0), "temperature"),
-    (dict(prompt="hi", temperature=float("nan")), "temperature"),
-    (dict(prompt="hi", top_p=0.0), "top_p"),
-    (dict(prompt="hi", top_p=1.5), "top_p"),
-    (dict(prompt="hi", top_k=-1), "top_k"),
-    (dict(prompt=[1, 99999]), "prompt_token_ids"),
-    (dict(prompt="hi", stop=[""]), "stop"),
-]
-
-
 def test_bad_inputs_invalid_argument_while_others_stream(served):
     with BatonClient(served["target"]) as c:
         running = [
             c.generate(list(range(5, 30 + i)), max_tokens=60, ignore_eos=True, stream=True) for i in range(3)
         ]
         firsts = [next(s) for s in running]  # they are live now
-        for kw, field in BAD:
-            kw = dict(kw)
-            prompt = kw.pop("prompt")
+        for fields, field in BAD_REQUESTS:
+            kw = dict(fields)
+            prompt = kw.pop("prompt") if "prompt" in kw else kw.pop("prompt_token_ids")
             with pytest.raises(grpc.RpcError) as e:
                 c.complete(prompt, **kw)
-            assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT, (kw, field)
+            assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT, (fields, field)
             assert field in e.value.details(), (field, e.value.details())
         with pytest.raises(grpc.RpcError) as e:
             list(c.stub.Generate(pb.GenerateRequest(stream=False)))
@@ -322,16 +260,3 @@ def test_cli_generate(served):
         [*base, "hello", "--temperature", "-2"], capture_output=True, text=True, timeout=120, env=env
     )
     assert p.returncode == 1 and "INVALID_ARGUMENT" in p.stderr and "temperature" in p.stderr
-
-
-def test_committed_stubs_are_fresh(tmp_path):
-    sys.path.insert(0, str(REPO / "protos"))
-    try:
-        from generate import generate
-    finally:
-        sys.path.pop(0)
-    generate(tmp_path)
-    for name in ("generation_pb2.py", "generation_pb2.pyi", "generation_pb2_grpc.py"):
-        assert filecmp.cmp(tmp_path / "baton" / "v1" / name, REPO / "baton" / "v1" / name, shallow=False), (
-            f"baton/v1/{name} is stale: run python protos/generate.py"
-        )

@@ -13,8 +13,7 @@ import time
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from ports import free_port
-from ray_procs import ray_processes, wait_gone
+from helpers import free_port, ray_processes, session_of_driver, wait_gone
 
 from baton.client import BatonClient
 from baton.v1 import generation_pb2 as pb
@@ -23,7 +22,6 @@ from baton.v1 import generation_pb2 as pb
 @pytest.mark.slow
 def test_serve_drains_on_sigterm(model_dir, tmp_path):
     port = free_port()
-    before = set(ray_processes("session_"))
     env = dict(os.environ, RAY_AUTH_MODE="disabled")
     env.pop("RAY_ADDRESS", None)
     env.pop("BATON_AUTH_TOKEN", None)
@@ -68,6 +66,7 @@ def test_serve_drains_on_sigterm(model_dir, tmp_path):
                 time.sleep(0.5)
         assert status == health_pb2.HealthCheckResponse.SERVING, (tmp_path / "serve.log").read_text()[-3000:]
         assert "all 2 workers ready" in (tmp_path / "serve.log").read_text()
+        assert ray_processes(session_of_driver(proc.pid))  # the check at the end can see its Ray
 
         with BatonClient(f"127.0.0.1:{port}") as c:
             call = c.generate(list(range(5, 40)), max_tokens=200, ignore_eos=True, stream=True)
@@ -86,5 +85,5 @@ def test_serve_drains_on_sigterm(model_dir, tmp_path):
         if proc.poll() is None:
             proc.kill()
         log.close()
-    left = [p for p in wait_gone("session_") if p not in before]
+    left = wait_gone(session_of_driver(proc.pid))  # its own Ray only: others may run beside it
     assert not left, left

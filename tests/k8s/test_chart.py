@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import base64
 import copy
-import datetime
 import functools
 import json
 import os
@@ -31,6 +30,7 @@ import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
+from helpers import self_signed_cert
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "k8s" / "baton"
@@ -719,7 +719,7 @@ def start_health_server(statuses: dict[str, int], credentials=None):
     return server, port
 
 
-def test_probe_checker_reports_serving_only(tmp_path):
+def test_probe_checker_reports_serving_only():
     probe = load_probe_module()
     assert probe.encode_request("") == b""
     assert probe.encode_request("x" * 200) == b"\x0a\xc8\x01" + b"x" * 200
@@ -737,30 +737,7 @@ def test_probe_checker_reports_serving_only(tmp_path):
 
 def test_probe_checker_speaks_tls(tmp_path):
     grpc = pytest.importorskip("grpc")
-    x509 = pytest.importorskip("cryptography.x509")
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "baton.example.com")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName("baton.example.com")]), critical=False)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_pem = cert.public_bytes(serialization.Encoding.PEM)
-    key_pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
+    cert_pem, key_pem = self_signed_cert(["baton.example.com"])
     ca_file = tmp_path / "tls.crt"
     ca_file.write_bytes(cert_pem)
 

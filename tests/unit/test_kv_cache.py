@@ -393,7 +393,7 @@ def test_random_operations_match_reference(seed):
     max_rows = 4
     c = make(max_rows=max_rows, capacity=CAP)
     ref: list[list[torch.Tensor]] = []  # per row: its real KV chunks, in order
-    grow_relocs = fwd_relocs = refused = 0
+    grow_relocs = fwd_relocs = 0
     for _ in range(150):
         op = rng.random()
         if op < 0.3 and c.rows < max_rows:
@@ -403,7 +403,6 @@ def test_random_operations_match_reference(seed):
             try:
                 c.grow_left(p)
             except CapacityError:
-                refused += 1
                 _check(c, ref)
                 continue
             grow_relocs += c.relocations - before
@@ -428,7 +427,6 @@ def test_random_operations_match_reference(seed):
             try:
                 c.begin_forward(width)
             except CapacityError:
-                refused += 1
                 assert c.length + width > c.capacity
                 for _ in prompts:
                     c.remove_row(c.rows - 1)
@@ -459,12 +457,13 @@ def test_random_operations_match_reference(seed):
             if c.rows:
                 assert bool(c.live_mask()[:, 0].any())  # nothing more to trim
         _check(c, ref)
-    assert grow_relocs + fwd_relocs == c.relocations
-    # The sequence must have exercised the interesting paths (guards against a vacuous run).
-    assert c.relocations > 0
+    assert grow_relocs + fwd_relocs == c.relocations  # nothing else relocates
+    # Guard against a vacuous run: rows were relocated by a forward and then checked against the
+    # reference (relocation by grow_left does not happen with every seed: the next test forces it).
+    assert fwd_relocs > 0
 
 
-def test_random_operations_cover_both_relocation_paths():
+def test_both_relocation_paths_keep_rows():
     # Deterministic scenario hitting grow_left relocation, then begin_forward relocation.
     c = make(capacity=16)
     a = kv(c.end)

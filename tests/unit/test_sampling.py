@@ -186,11 +186,6 @@ def test_frequencies_over_indices_of_one_seed():
 
 
 def test_top_p_applies_to_renormalised_top_k():
-    import math
-
-    from baton.core.params import SamplingParams
-    from baton.core.sampling import sample_one
-
     # probs [0.4, 0.3, 0.3]; top_k=2 renormalises to [4/7, 3/7]: top_p=0.5 keeps only the first.
     logits = torch.tensor([math.log(0.4), math.log(0.3), math.log(0.3)])
     p = SamplingParams(temperature=1.0, top_k=2, top_p=0.5)
