@@ -260,3 +260,59 @@ def test_cli_generate(served):
         [*base, "hello", "--temperature", "-2"], capture_output=True, text=True, timeout=120, env=env
     )
     assert p.returncode == 1 and "INVALID_ARGUMENT" in p.stderr and "temperature" in p.stderr
+
+
+# --------------------------------------------------------------------------- hostile input
+def test_undecodable_bytes_get_invalid_argument(served):
+    ch = grpc.insecure_channel(served["target"])
+    for method, unary in (("Generate", False), ("Abort", True)):
+        path = f"/baton.v1.Generation/{method}"
+        raw = (ch.unary_unary if unary else ch.unary_stream)(path, request_serializer=None)
+        for garbage in (b"\xff\xff\xff\xff", b"\x0a\x05ab", b"\x12"):  # bad tag, truncated field
+            with pytest.raises(grpc.RpcError) as e:
+                out = raw(garbage, timeout=10)
+                if not unary:
+                    list(out)
+            assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT, (method, garbage, e.value.details())
+            assert e.value.details().startswith("request: not a valid baton.v1.")
+    with BatonClient(served["target"]) as c:  # the server is fine after
+        assert c.complete([5, 6, 7], max_tokens=3).usage.completion_tokens == 3
+
+
+def test_request_id_prompt_and_stop_bounds(served):
+    with BatonClient(served["target"]) as c:
+        cases = [
+            (dict(request_id="x" * 257), [5, 6, 7], "request_id"),
+            (dict(), "a" * (1024 * 1024 + 1), "text"),
+            (dict(), list(range(5, 6)) * (256 * 1024 + 1), "token_ids"),
+            (dict(stop=[f"s{i}" for i in range(17)]), [5, 6, 7], "stop"),
+            (dict(stop=["x" * 257]), [5, 6, 7], "stop"),
+            (dict(stop_token_ids=list(range(257))), [5, 6, 7], "stop_token_ids"),
+        ]
+        for kw, prompt, field in cases:
+            t0 = time.time()
+            with pytest.raises(grpc.RpcError) as e:
+                c.complete(prompt, max_tokens=3, **kw)
+            assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT, (field, e.value.details()[:200])
+            assert e.value.details().startswith(f"{field}:"), e.value.details()[:200]
+            assert len(e.value.details()) < 300  # short: the offending value is not echoed back
+            assert time.time() - t0 < 5  # refused before any tokenising
+        with pytest.raises(grpc.RpcError) as e:
+            c.abort("y" * (1024 * 1024))
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and e.value.details().startswith(
+            "request_id:"
+        )
+        with pytest.raises(grpc.RpcError) as e:
+            c.abort("not-in-flight")
+        assert e.value.code() == grpc.StatusCode.NOT_FOUND
+        assert c.complete([5, 6, 7], max_tokens=3, request_id="z" * 256).usage.completion_tokens == 3
+
+
+def test_model_and_server_info_report_runtime_and_dtype(served):
+    with BatonClient(served["target"]) as c:
+        info = c.model_info()
+        assert info.runtime in ("fast", "hf") and info.device == "cpu" and info.compile_s >= 0
+        workers = c.server_info().workers
+        assert {w.role for w in workers} == {"prefill", "decode"}
+        for w in workers:
+            assert w.runtime == info.runtime and w.dtype == "float32" and w.threads >= 1 and w.startup_s > 0
