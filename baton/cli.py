@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from baton.core.config import POLICIES, EngineConfig
+from baton.core.config import COMPILE, DTYPES, POLICIES, RUNTIMES, EngineConfig
 from baton.core.errors import BatonError, ValidationError
 from baton.core.models import DEFAULT_MODEL
 from baton.core.request import Completion
@@ -56,7 +56,24 @@ def _add_engine_args(p: argparse.ArgumentParser) -> None:
         help="padded prompt tokens per prefill forward (0: 256 on cpu, 4096 on cuda)",
     )
     p.add_argument("--device", default="cpu")
-    p.add_argument("--dtype", default="auto")
+    p.add_argument(
+        "--dtype",
+        default="auto",
+        choices=DTYPES,
+        help="auto: bfloat16 on CUDA and, with the fast runtime, on CPUs with bf16 units; else float32",
+    )
+    p.add_argument(
+        "--runtime",
+        default="auto",
+        choices=RUNTIMES,
+        help="fast: baton's own Llama-family forward; hf: transformers (any family); auto: fast where supported",
+    )
+    p.add_argument(
+        "--compile",
+        default="auto",
+        choices=COMPILE,
+        help="compile the fast runtime's steps at worker start-up (auto: on CUDA and for bf16/fp16 on the CPU)",
+    )
     p.add_argument(
         "--threads", type=int, default=0, help="in-process policies: total torch threads (0 = all cores)"
     )
@@ -103,6 +120,8 @@ def cluster_config(args: argparse.Namespace):
         model=args.model,
         device=args.device,
         dtype=args.dtype,
+        runtime=args.runtime,
+        compile=args.compile,
         prefill_workers=args.prefill_workers,
         decode_workers=args.decode_workers,
         max_batch_size=args.max_batch_size,
@@ -142,7 +161,7 @@ def _run_on_ray(args: argparse.Namespace, specs: list) -> tuple[list[Completion]
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from baton.core.models import load_model
+    from baton.core.models import load_serving_model
     from baton.engine import run_specs
 
     cfg = EngineConfig(
@@ -153,18 +172,22 @@ def cmd_run(args: argparse.Namespace) -> int:
         max_prefill_tokens=args.max_prefill_tokens,
         device=args.device,
         dtype=args.dtype,
+        runtime=args.runtime,
+        compile=args.compile,
         threads=args.threads,
     )
     specs = _read_specs(args.requests)
     t0 = time.time()
     if cfg.policy == "baton" and not args.local:
         results, wall = _run_on_ray(args, specs)  # wall: the requests' run, without cluster start-up
-        stats_line, failure = "", None
+        stats_line = ""
+        # Errors that name no field are the cluster's (a worker lost), not the request's.
+        failure = next((c.error for c in results if c.error and c.error_field is None), None)
     else:
-        lm = load_model(cfg.model, cfg.device, cfg.dtype)
+        lm = load_serving_model(cfg)
         print(
-            f"[baton] loaded {cfg.model} in {time.time() - t0:.1f} s; {len(specs)} requests, "
-            f"policy {cfg.policy} (in-process)",
+            f"[baton] loaded {cfg.model} in {time.time() - t0:.1f} s (runtime {lm.runtime.name}, "
+            f"{lm.dtype_name}); {len(specs)} requests, policy {cfg.policy} (in-process)",
             file=sys.stderr,
         )
         t0 = time.time()

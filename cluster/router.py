@@ -138,11 +138,13 @@ class Router:
         return any(not w.dead for w in self.prefill) and any(not w.dead for w in self.decode)
 
     def _fail_stranded(self) -> None:
-        """With no live decode worker, nothing waiting for one can ever finish: fail it now."""
-        if any(not w.dead for w in self.decode):
-            return
-        while self.pending:
-            self._finish(self.pending.popleft().state, "abort", error="no decode worker is available")
+        """A role with no live worker can finish nothing waiting for it: fail that work now."""
+        if not any(not w.dead for w in self.decode):
+            while self.pending:
+                self._finish(self.pending.popleft().state, "abort", error="no decode worker is available")
+            # Nothing prefilled now could be decoded either.
+            while self.waiting:
+                self._finish(self.waiting.popleft(), "abort", error="no decode worker is available")
         if not any(not w.dead for w in self.prefill):
             while self.waiting:
                 self._finish(self.waiting.popleft(), "abort", error="no prefill worker is available")
