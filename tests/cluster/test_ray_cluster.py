@@ -43,7 +43,6 @@ def test_exact_through_ray_actors(model_dir, tiny_lm, family, p, d):
     lm = tiny_lm(family)
     reqs = make_queries(lm, seed=31, n=30)
     with Cluster(_cfg(model_dir(family), p, d)).start(log=_quiet) as cluster:
-        cluster.router.track_refs = True
         results = cluster.run_trace([(r, 0.015 * i) for i, r in enumerate(reqs)])
         stats = [s["stats"] for s in cluster.decode_stats()]
     assert all(c.error is None for c in results), [c.error for c in results if c.error]
@@ -156,3 +155,24 @@ def test_lost_decode_worker_fails_its_requests_and_refuses_new_work(local_ray, m
         assert not cluster.router.healthy
         with pytest.raises(NoWorkers):
             cluster.submit(Request("late", (5, 6, 7), SamplingParams(max_tokens=3), seed=2))
+
+
+def test_losing_the_only_prefill_worker_fails_waiting_requests_at_once(model_dir, local_ray):
+    # One row and no look-ahead: one request decodes, one is in prefill, the rest wait in the queue.
+    cfg = _cfg(model_dir("llama"), 1, 1, max_batch_size=1, prefill_ahead=0)
+    params = SamplingParams(max_tokens=250, ignore_eos=True)
+    with Cluster(cfg).start(log=_quiet) as cluster:
+        streams = [cluster.submit(Request(f"r{i}", tuple(range(5, 25)), params, seed=i)) for i in range(6)]
+        assert _wait_until(lambda: cluster.server_info()["decode"][0].get("rows", 0) == 1)
+        assert cluster.server_info()["queue_depth"] >= 3
+        local_ray.kill(cluster.prefill_actors[0])
+        t0 = time.monotonic()
+        results = [s.result() for s in streams]
+        failed = [c for c in results if c.error]
+        # Every request ends; the waiting ones fail with a short message naming the role, at once.
+        assert len(failed) >= 3 and all("prefill" in c.error and len(c.error) < 120 for c in failed), [
+            c.error for c in failed
+        ]
+        assert time.monotonic() - t0 < 30  # the decoding row still runs to its end
+        assert any(c.error is None and len(c.token_ids) == 250 for c in results)
+        assert not cluster.router.healthy
