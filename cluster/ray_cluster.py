@@ -83,7 +83,7 @@ class Cluster:
                     num_cpus=cfg.prefill_num_cpus,
                     num_gpus=cfg.prefill_num_gpus,
                     resources=cfg.prefill_resources or None,
-                ).remote(f"prefill-{i}", cfg.model, cfg.device, cfg.dtype, pt, cfg.max_prefill_tokens)
+                ).remote(f"prefill-{i}", cfg, pt)
             )
         for i in range(cfg.decode_workers):
             self.decode_actors.append(
@@ -91,9 +91,7 @@ class Cluster:
                     num_cpus=cfg.decode_num_cpus,
                     num_gpus=cfg.decode_num_gpus,
                     resources=cfg.decode_resources or None,
-                ).remote(
-                    f"decode-{i}", cfg.model, cfg.device, cfg.dtype, dt, cfg.max_batch_size, cfg.max_seq_len
-                )
+                ).remote(f"decode-{i}", cfg, dt)
             )
         log(
             f"[baton] starting {cfg.prefill_workers} prefill + {cfg.decode_workers} decode workers "
@@ -114,7 +112,7 @@ class Cluster:
         slowest = max(i["startup_s"] for i in self.infos)
         log(
             f"[baton] all {len(self.infos)} workers ready in {time.time() - t0:.1f} s "
-            f"(model load in the slowest worker: {slowest:.1f} s)"
+            f"(model load in the slowest worker: {slowest:.1f} s; {describe_runtime(self.infos)})"
         )
 
         self.loop = asyncio.new_event_loop()
@@ -236,6 +234,20 @@ class RequestStream:
             pass
         assert self.completion is not None
         return self.completion
+
+
+def describe_runtime(infos: list[dict]) -> str:
+    """One line on how the workers run the model: runtime, dtype, compile time, threads."""
+    parts = []
+    for role in ("prefill", "decode"):
+        ws = [i for i in infos if i["role"] == role]
+        if ws:
+            w = ws[0]
+            parts.append(
+                f"{role}: runtime {w.get('runtime', '?')}, {w.get('dtype', '?')}, "
+                f"{w.get('threads', '?')} threads, compile {max(i.get('compile_s', 0.0) for i in ws):.1f} s"
+            )
+    return "; ".join(parts)
 
 
 def _load_tokenizer(model: str):

@@ -10,6 +10,7 @@ from typing import Any
 import ray
 import torch
 
+from baton.core.config import ServingConfig
 from baton.core.handoff import KVHandoff
 from baton.core.messages import EventBatch, WorkerLoad
 from baton.core.threads import configure_threads
@@ -19,27 +20,18 @@ class DecodeWorker:
     """Wrapped with ``ray.remote(max_concurrency=...)`` by the launcher: methods run in threads
     beside the step loop, so fetching a handoff never stalls a decode step."""
 
-    def __init__(
-        self,
-        worker_id: str,
-        model: str,
-        device: str,
-        dtype: str,
-        threads: int,
-        max_batch_size: int,
-        max_seq_len: int,
-    ):
-        from baton.core.models import load_model
+    def __init__(self, worker_id: str, cfg: ServingConfig, threads: int):
+        from baton.core.models import load_serving_model
         from decode_worker.batch import DecodeBatch
         from decode_worker.loop import DecodeLoop
 
         t0 = time.time()
         configure_threads(threads)
         self.worker_id = worker_id
-        self.lm = load_model(model, device, dtype)
+        self.lm = load_serving_model(cfg)
         # One extra column: a row holds prompt + max_tokens - 1 tokens and the step writes one more.
-        capacity = min(max_seq_len, self.lm.limits.context_length) + 1
-        self.loop = DecodeLoop(DecodeBatch(self.lm, max_batch_size, capacity), worker_id)
+        capacity = min(cfg.max_seq_len, self.lm.limits.context_length) + 1
+        self.loop = DecodeLoop(DecodeBatch(self.lm, cfg.max_batch_size, capacity), worker_id)
         self.startup_s = time.time() - t0
 
     def info(self) -> dict[str, Any]:

@@ -74,6 +74,9 @@ class DecodeBatch:
         self.max_rows = max_rows
         self.capacity = capacity
         self.cache = BatonKVCache(lm.layout, max_rows, capacity, lm.dtype, lm.device)
+        warmup = getattr(self.runtime, "warmup", None)
+        if warmup is not None:  # compiles the runtime's decode step for up to max_rows (once, at start-up)
+            warmup(max_rows)
         self.rows: list[Row] = []
         self.pad_id = 0
         self.steps = 0

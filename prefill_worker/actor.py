@@ -10,6 +10,7 @@ from typing import Any
 import ray
 import torch
 
+from baton.core.config import ServingConfig
 from baton.core.messages import PrefillResult
 from baton.core.request import Request
 from baton.core.threads import configure_threads
@@ -18,17 +19,15 @@ from baton.core.threads import configure_threads
 class PrefillWorker:
     """Wrapped with ``ray.remote`` by the launcher (resources are chosen there)."""
 
-    def __init__(
-        self, worker_id: str, model: str, device: str, dtype: str, threads: int, max_prefill_tokens: int
-    ):
-        from baton.core.models import load_model
+    def __init__(self, worker_id: str, cfg: ServingConfig, threads: int):
+        from baton.core.models import load_serving_model
         from prefill_worker.engine import PrefillEngine
 
         t0 = time.time()
         configure_threads(threads)
         self.worker_id = worker_id
-        self.lm = load_model(model, device, dtype)
-        self.engine = PrefillEngine(self.lm, max_prefill_tokens)
+        self.lm = load_serving_model(cfg)
+        self.engine = PrefillEngine(self.lm, cfg.max_prefill_tokens)
         self.startup_s = time.time() - t0
 
     def info(self) -> dict[str, Any]:

@@ -77,6 +77,54 @@ class BareRunner:
         return ms
 
 
+class PlainCache:
+    """The bare forward's cache: contiguous ``[rows, kv_heads, capacity, head_dim]`` per layer, the
+    new column written at ``length``; no window, no mask, no row bookkeeping."""
+
+    def __init__(self, kvs: list[torch.Tensor], lm: Any, extra: int):
+        """``kvs``: each row's KV ``[layers, 2, kv_heads, length, head_dim]`` (all one length)."""
+        self.length = kvs[0].shape[3]
+        cap = self.length + extra
+        lay = lm.layout
+        shape = (len(kvs), lay.kv_heads, cap, lay.head_dim)
+        self.keys = [torch.zeros(shape, dtype=lm.dtype) for _ in range(lay.num_layers)]
+        self.values = [torch.zeros(shape, dtype=lm.dtype) for _ in range(lay.num_layers)]
+        for r, kv in enumerate(kvs):
+            for i in range(lay.num_layers):
+                self.keys[i][r, :, : self.length] = kv[i, 0]
+                self.values[i][r, :, : self.length] = kv[i, 1]
+        self.mask = torch.ones(1, dtype=torch.bool)  # only its device is read
+
+    def write_layer(self, index: int, k: torch.Tensor, v: torch.Tensor):
+        end = self.length + k.shape[2]
+        self.keys[index][:, :, self.length : end] = k
+        self.values[index][:, :, self.length : end] = v
+        return self.keys[index][:, :, :end], self.values[index][:, :, :end]
+
+
+def _runtime_bare_ms(lm: Any, rows: int, width: int, repeats: int, warmup: int) -> list[float]:
+    """baton's own runtime called directly on a PlainCache of random KV (no DecodeBatch, no mask)."""
+    from baton.runtime.base import StepInput
+
+    g = torch.Generator().manual_seed(rows * 100003 + width)
+    lay = lm.layout
+    kvs = [
+        torch.randn(lay.num_layers, 2, lay.kv_heads, width - 1, lay.head_dim, generator=g).to(lm.dtype)
+        for _ in range(rows)
+    ]
+    cache = PlainCache(kvs, lm, extra=warmup + repeats + 1)
+    ids = torch.randint(2, lm.limits.vocab_size, (rows, 1), generator=g)
+    times = []
+    for _ in range(warmup + repeats):
+        step = StepInput(ids, torch.full((rows, 1), cache.length), None)
+        t = time.perf_counter()
+        logits = lm.runtime.decode(step, cache)
+        times.append((time.perf_counter() - t) * 1e3)
+        cache.length += 1
+        ids = logits.float().argmax(-1, keepdim=True)
+    return times[warmup:]
+
+
 def bare_decode_ms(lm: Any, rows: int, width: int, threads: int, repeats: int = 8, warmup: int = 2) -> float:
     """Median ms of one bare decode forward of ``rows`` rows attending ``width`` KV columns (random KV)."""
     rows, width = max(1, int(rows)), max(2, int(width))
@@ -91,9 +139,12 @@ def bare_decode_ms(lm: Any, rows: int, width: int, threads: int, repeats: int = 
                 (torch.randn(shape, generator=g).to(lm.dtype), torch.randn(shape, generator=g).to(lm.dtype))
                 for _ in range(lay.num_layers)
             ]
-            first = torch.randint(2, lm.limits.vocab_size, (rows,), generator=g).tolist()
-            runner = BareRunner(lm, kv, first, "fixed")
-            times = [runner.run() for _ in range(warmup + repeats)][warmup:]
+            if lm.model is None:  # the fast runtime: its own bare forward
+                times = _runtime_bare_ms(lm, rows, width, repeats, warmup)
+            else:
+                first = torch.randint(2, lm.limits.vocab_size, (rows,), generator=g).tolist()
+                runner = BareRunner(lm, kv, first, "fixed")
+                times = [runner.run() for _ in range(warmup + repeats)][warmup:]
     finally:
         torch.set_num_threads(prev)
     return statistics.median(times)

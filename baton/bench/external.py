@@ -38,6 +38,15 @@ def _sleep_until(t: float) -> None:
         time.sleep(d)
 
 
+def transformers_model(lm: Any) -> Any:
+    """The transformers model of ``lm``'s weights (loaded in float32 when ``lm`` runs baton's own runtime)."""
+    if lm.model is not None:
+        return lm.model
+    from baton.core.models import load_model
+
+    return load_model(lm.name, runtime="hf", dtype="float32").model
+
+
 class HFStatic(System):
     """Run to completion with ``model.generate``: take the arrived requests (up to B), left-pad, one
     ``generate`` call with max_new_tokens = the batch's longest output (EOS disabled). A request is done
@@ -56,7 +65,7 @@ class HFStatic(System):
 
         prev = torch.get_num_threads()
         torch.set_num_threads(self.cfg.threads)
-        model = self.lm.model
+        model = transformers_model(self.lm)
         pad = 0
         pending = deque(sorted(trace, key=lambda x: x[1]))
         recs: dict[str, Record] = {}
@@ -132,7 +141,7 @@ class HFContinuous(System):
 
         torch.set_num_threads(self.cfg.threads)
         # Its own copy of the model: the manager may switch the attention implementation.
-        self.model = load_model(self.cfg.model).model
+        self.model = load_model(self.cfg.model, runtime="hf", dtype="float32").model
         page = 64
         per_req = math.ceil((self.cfg.max_seq_len + 1) / page) + 1
         gc = GenerationConfig(do_sample=False, eos_token_id=-1, pad_token_id=0, max_new_tokens=16)
@@ -256,6 +265,7 @@ class VLLM(System):
             "model": resolve_model(self.cfg.model),
             "max_batch_size": self.cfg.max_batch_size,
             "max_seq_len": self.cfg.max_seq_len + 1,
+            "dtype": self.cfg.vllm_dtype,
             "runs": [
                 {
                     "name": n,

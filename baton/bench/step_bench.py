@@ -396,7 +396,9 @@ def main(argv: list[str] | None = None) -> int:
     window = CpuWindow().start()
     log.info(f"loading {args.model}")
     quiet_transformers()
-    lm = load_model(args.model)
+    lm = load_model(
+        args.model, runtime="hf"
+    )  # this bench measures the transformers path; fast: runtime_bench
     log.info(
         f"shapes B={list(args.batches)} x L={list(args.lengths)}, {args.warmup} warm-up + {args.repeats} "
         f"timed iterations each, {args.threads} thread(s)"

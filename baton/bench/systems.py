@@ -44,7 +44,12 @@ class BenchConfig:
     max_seq_len: int = 512
     threads: int = 2  # total CPU threads every system gets
     vllm_python: str | None = None
+    vllm_dtype: str = "float32"
     log_path: str | None = None  # the vLLM subprocess's log
+    prefill_cpus: float = 1.0  # baton on Ray: CPUs (torch threads) of the prefill and decode worker
+    decode_cpus: float = 1.0
+    runtime: str = "auto"  # baton's runtime and dtype on Ray
+    dtype: str = "auto"
 
 
 @dataclass
@@ -114,25 +119,29 @@ class BatonRay(System):
         from baton.core.config import ClusterConfig
         from cluster.ray_cluster import Cluster
 
+        cfg = self.cfg
+        self.decode_threads = int(cfg.decode_cpus)
         self._ray_owned = False
         if not ray.is_initialized():
             # Started here (not by Cluster) only to keep the workers' logs out of the progress bar.
             ray.init(
-                num_cpus=max(os.cpu_count() or 1, 2),
+                address="local",
+                num_cpus=max(os.cpu_count() or 1, math.ceil(cfg.prefill_cpus + cfg.decode_cpus)),
                 object_store_memory=1 << 30,
                 _node_ip_address="127.0.0.1",
                 include_dashboard=False,
                 log_to_driver=False,
             )
             self._ray_owned = True
-        cfg = self.cfg
         self.cluster = Cluster(
             ClusterConfig(
                 model=cfg.model,
                 prefill_workers=1,
                 decode_workers=1,
-                prefill_num_cpus=1,
-                decode_num_cpus=1,
+                prefill_num_cpus=cfg.prefill_cpus,
+                decode_num_cpus=cfg.decode_cpus,
+                runtime=cfg.runtime,
+                dtype=cfg.dtype,
                 max_batch_size=cfg.max_batch_size,
                 max_seq_len=cfg.max_seq_len,
                 object_store_bytes=1 << 30,

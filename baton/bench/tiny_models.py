@@ -16,7 +16,7 @@ CORPUS = (
     "Unicode: café, naïve, 東京, emoji 🙂 and numbers 0123456789. "
 ) * 20
 
-FAMILIES = ("llama", "qwen2", "gpt2")
+FAMILIES = ("llama", "qwen2", "qwen3", "gpt2")
 
 
 def _tokenizer(vocab_size: int):
@@ -73,6 +73,8 @@ def build(
         LlamaForCausalLM,
         Qwen2Config,
         Qwen2ForCausalLM,
+        Qwen3Config,
+        Qwen3ForCausalLM,
     )
 
     folder = Path(folder)
@@ -102,6 +104,8 @@ def build(
         cfg, cls = LlamaConfig(**llama_like), LlamaForCausalLM
     elif family == "qwen2":
         cfg, cls = Qwen2Config(use_sliding_window=False, **llama_like), Qwen2ForCausalLM
+    elif family == "qwen3":  # q/k norms, and a head_dim (32) that is not hidden / heads
+        cfg, cls = Qwen3Config(head_dim=32, use_sliding_window=False, **llama_like), Qwen3ForCausalLM
     elif family == "gpt2":
         cfg = GPT2Config(n_embd=hidden, n_layer=layers, n_head=4, n_positions=context, **common)
         cls = GPT2LMHeadModel

@@ -57,7 +57,7 @@ async def _main(spec: dict) -> dict:
     t = time.perf_counter()
     args = AsyncEngineArgs(
         model=spec["model"],
-        dtype="float32",
+        dtype=spec.get("dtype", "float32"),
         enforce_eager=True,
         max_model_len=spec["max_seq_len"],
         max_num_seqs=spec["max_batch_size"],

@@ -13,6 +13,9 @@ import os
 from dataclasses import dataclass, field
 
 POLICIES = ("baton", "colocated", "orca", "static")
+RUNTIMES = ("auto", "fast", "hf")  # fast: baton's own Llama-family forward; hf: transformers
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+COMPILE = ("auto", "on", "off")
 DEFAULT_MODEL = "smollm2-135m"
 
 
@@ -36,13 +39,18 @@ def _at_least(cfg: object, names: tuple[str, ...], low: float) -> None:
 class ServingConfig:
     model: str = DEFAULT_MODEL
     device: str = "cpu"
-    dtype: str = "auto"
+    dtype: str = "auto"  # auto: bfloat16 on CUDA and (fast runtime) CPUs with bf16 units, else float32
+    runtime: str = "auto"  # auto: fast where the architecture is supported, else hf
+    compile: str = "auto"  # compiled decode steps (fast runtime), done at worker start-up
     max_batch_size: int = 32  # rows per decode batch
     max_seq_len: int = 2048  # KV columns per decode row: caps prompt + max_tokens
     max_prefill_tokens: int = 0  # tokens per prefill forward; 0: default_prefill_tokens(device)
     prefill_ahead: int = 8  # handoffs the prefill side may keep ready beyond the free rows
 
     def __post_init__(self) -> None:
+        for name, allowed in (("runtime", RUNTIMES), ("dtype", DTYPES), ("compile", COMPILE)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name}: must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
         if self.max_prefill_tokens == 0:
             object.__setattr__(self, "max_prefill_tokens", default_prefill_tokens(self.device))
         _at_least(self, ("max_batch_size", "max_seq_len", "max_prefill_tokens"), 1)

