@@ -11,7 +11,8 @@ baton variant to the best vLLM setting.
 
 System names: ``baton:P+D`` is baton on a local Ray cluster with a prefill worker of P CPUs and a
 decode worker of D CPUs (their torch threads; P+D above the machine's cores oversubscribes),
-``baton-local`` the in-process engine, ``vllm:DTYPE`` vLLM's CPU build (eager) in its own venv.
+``baton-local`` the in-process engine (prefill thread + decode loop), ``orca``/``colocated``/``static``
+the in-process baselines, ``vllm:DTYPE`` vLLM's CPU build (eager) in its own venv.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from baton.bench.workload import LengthDist, WorkloadSpec, generate
 
 log = logging.getLogger("baton.bench")
 NAME = "saturate"
+LOCAL = ("orca", "colocated", "static")  # in-process baselines on --threads threads
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -55,7 +57,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=2, help="total CPU threads of every system")
     p.add_argument(
         "--systems",
-        type=comma_list(str, lambda s: s.startswith(("baton", "vllm:")), "system names"),
+        type=comma_list(str, lambda s: s.startswith(("baton", "vllm:")) or s in LOCAL, "system names"),
         default=("baton:1+1", "vllm:float32", "vllm:bfloat16"),
     )
     p.add_argument("--runtime", default="auto", help="baton's runtime (auto, fast, hf)")
