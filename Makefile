@@ -45,6 +45,7 @@ format: install
 # Benchmarks write to ./bench-results (BENCH_DIR=docs/benchmarks refreshes the committed figures).
 BENCH_DIR ?= bench-results
 bench: install
+	$(PY) -m baton.bench.runtime_bench --out-dir $(BENCH_DIR)
 	$(PY) -m baton.bench.step_bench --profile --out-dir $(BENCH_DIR)
 	$(PY) -m baton.bench.step_bench --threads 2 --out-dir $(BENCH_DIR)
 	$(PY) -m baton.bench.handoff_bench --out-dir $(BENCH_DIR)
