@@ -63,7 +63,10 @@ BAD_REQUESTS: list[tuple[dict, str]] = [
     ({"prompt": "hi", "stop": [""]}, "stop"),
 ]
 # Invalid only as a request line: gRPC has no way to send an unknown field.
-BAD_REQUEST_LINES: list[tuple[dict, str]] = [({"prompt": "hi", "colour": "red"}, "colour")]
+BAD_REQUEST_LINES: list[tuple[dict, str]] = [
+    ({"prompt": "hi", "colour": "red"}, "colour"),
+    ({"messages": []}, "messages"),  # once aborted the whole run
+]
 
 
 # --------------------------------------------------------------------------- TLS
