@@ -120,8 +120,9 @@ def _legend(entries: list[Entry]) -> str:
         else ""
     )
     return (
-        "`% limit`: output tok/s as a share of the bare model forward (transformers `DynamicCache`, a mask "
-        f"of ones, no sampling) at the mean decode shape (rows x KV columns) the `{lim['system']}` decode "
+        "`% limit`: output tok/s as a share of the bare model forward (the served runtime called directly: "
+        "transformers with a `DynamicCache` for `hf`, baton's own forward on a plain cache for `fast`; no "
+        f"mask, no sampling) at the mean decode shape (rows x KV columns) the `{lim['system']}` decode "
         f"worker ran at that point, with its {lim['threads']} thread(s): over 100% means faster than "
         f"that.{full} `bare ms` / `bare/step`: the bare forward at each system's own mean decode shape and "
         "threads, against its mean decode step (whole step for `baton`, forward only for the in-process "
