@@ -112,21 +112,29 @@ def _add_cluster_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+def serving_fields(args: argparse.Namespace) -> dict:
+    """The ServingConfig fields every deployment takes from the engine flags."""
+    names = (
+        "model",
+        "device",
+        "dtype",
+        "runtime",
+        "compile",
+        "max_batch_size",
+        "max_seq_len",
+        "max_prefill_tokens",
+    )
+    return {name: getattr(args, name) for name in names}
+
+
 def cluster_config(args: argparse.Namespace):
     from baton.core.config import ClusterConfig, parse_resources
 
     gpus = 1.0 if args.device.startswith("cuda") else 0.0
     return ClusterConfig(
-        model=args.model,
-        device=args.device,
-        dtype=args.dtype,
-        runtime=args.runtime,
-        compile=args.compile,
+        **serving_fields(args),
         prefill_workers=args.prefill_workers,
         decode_workers=args.decode_workers,
-        max_batch_size=args.max_batch_size,
-        max_seq_len=args.max_seq_len,
-        max_prefill_tokens=args.max_prefill_tokens,
         max_queue=args.max_queue,
         prefill_num_cpus=args.prefill_num_cpus,
         decode_num_cpus=args.decode_num_cpus,
@@ -164,18 +172,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from baton.core.models import load_serving_model
     from baton.engine import run_specs
 
-    cfg = EngineConfig(
-        model=args.model,
-        policy=args.policy,
-        max_batch_size=args.max_batch_size,
-        max_seq_len=args.max_seq_len,
-        max_prefill_tokens=args.max_prefill_tokens,
-        device=args.device,
-        dtype=args.dtype,
-        runtime=args.runtime,
-        compile=args.compile,
-        threads=args.threads,
-    )
+    cfg = EngineConfig(**serving_fields(args), policy=args.policy, threads=args.threads)
     specs = _read_specs(args.requests)
     t0 = time.time()
     if cfg.policy == "baton" and not args.local:

@@ -9,6 +9,7 @@ for the decode side.
 
 from __future__ import annotations
 
+import itertools
 import time
 
 import torch
@@ -34,7 +35,7 @@ class PrefillEngine:
     def plan_batches(self, requests: list[Request]) -> list[list[Request]]:
         """Consecutive groups of ``requests``, one forward each, within ``max_batch_tokens``."""
         sizes = plan_prefill([r.prompt_len for r in requests], self.max_batch_tokens, self.padded)
-        starts = [sum(sizes[:i]) for i in range(len(sizes))]
+        starts = [0, *itertools.accumulate(sizes)][: len(sizes)]
         return [requests[s : s + n] for s, n in zip(starts, sizes, strict=True)]
 
     def forward(self, requests: list[Request]) -> tuple[list[torch.Tensor], torch.Tensor]:

@@ -282,16 +282,16 @@ def _generation_config(source: str):
 def _load_fast(spec, source, config, tokenizer, device, dtype, compile) -> LoadedModel:
     import torch
 
-    from baton.runtime.llama import FastRuntime, LlamaSpec, embedding_sample, weight_files
+    from baton.runtime.llama import FastRuntime, embedding_sample, weight_files
 
-    arch = LlamaSpec.from_config(config)  # ModelError naming the field the fast runtime cannot do
     torch_dtype = resolve_dtype(dtype, device, "fast")
     if compile == "auto":
         # On the CPU the compiled step measured within ~5% of the eager one (its GEMMs and attention
         # are the same kernels), for 13-19 s of start-up: on by default only on CUDA.
         compile = device.startswith("cuda")
+    # ModelError naming the config field when the fast runtime cannot run this model exactly.
     rt = FastRuntime.load(source, config, device, torch_dtype, compile=compile in (True, "on"))
-    files = weight_files(source)
+    arch = rt.spec
     limits = ModelLimits(
         context_length=_context_length(config),
         vocab_size=rt.model.lm_head.shape[0],
@@ -303,7 +303,9 @@ def _load_fast(spec, source, config, tokenizer, device, dtype, compile) -> Loade
         tokenizer=tokenizer,
         limits=limits,
         layout=KVLayout(arch.num_layers, arch.num_kv_heads, arch.head_dim),
-        fingerprint=fingerprint_of(config, embedding_sample(files, arch.hidden_size, torch_dtype)),
+        fingerprint=fingerprint_of(
+            config, embedding_sample(weight_files(source), arch.hidden_size, torch_dtype)
+        ),
         dtype=torch_dtype,
         device=torch.device(device),
         runtime=rt,

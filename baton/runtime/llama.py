@@ -17,6 +17,7 @@ Compiled decode steps (``warmup``) are in ``compile.py``; the layer math is here
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
@@ -480,10 +481,10 @@ class FastRuntime:
         lens = [len(p) for p in prompts]
         ids = torch.tensor([t for p in prompts for t in p], dtype=torch.long, device=dev)
         pos = torch.cat([torch.arange(n) for n in lens]).to(dev)
-        ends = torch.tensor(lens).cumsum(0)
+        ends = list(itertools.accumulate(lens))
         shape = (s.num_layers, 2, s.num_kv_heads)
         kvs = [torch.empty((*shape, n, s.head_dim), dtype=self.dtype, device=dev) for n in lens]
-        bounds = list(zip((ends - torch.tensor(lens)).tolist(), ends.tolist(), strict=True))
+        bounds = [(e - n, e) for e, n in zip(ends, lens, strict=True)]
         g = s.groups
 
         def attend(index: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -501,7 +502,7 @@ class FastRuntime:
                 out[a:b] = o[0].transpose(0, 1).reshape(b - a, -1)
             return out
 
-        logits = self.model(ids.to(dev), pos, (ends - 1).to(dev), attend)
+        logits = self.model(ids, pos, torch.tensor(ends, device=dev) - 1, attend)
         return kvs, logits
 
     # ------------------------------------------------------------------ decode
