@@ -4,13 +4,13 @@ Attention is an opaque custom op (``baton::decode_attention``): it writes the ne
 through ``BatonKVCache.write_layer`` and attends over the live window with the step's mask,
 eagerly. So the window's width, which grows every step, never appears in a compiled graph: only
 the row count does, rounded up to a bucket (8, 16, 32, ... up to the batch's ``max_rows`` with
-packed bf16 weights, whose GEMMs run at least 8 rows anyway; 1, 2, 4, ... otherwise), and each
+oneDNN-packed bf16 weights, whose GEMMs run at least 8 rows anyway; 1, 2, 4, ... otherwise), and each
 bucket is compiled once, at start-up (``warmup``, from ``DecodeBatch.__init__``).
 
 CPU: one decoder layer is compiled (inductor fuses the norms, rotary embedding, residuals and
 SiLU around the GEMMs) and the same compiled code runs every layer, whose weights are graph
-inputs; the GEMMs are a second opaque op over the weights prepacked at load for oneDNN (what
-inductor's freezing + ``cpp.weight_prepack`` would do per layer). Measured on SmolLM2 (2-core
+inputs; the GEMMs are a second opaque op over the weights packed at load (baton's bf16 kernel, or
+oneDNN's layout: what inductor's freezing + ``cpp.weight_prepack`` would do per layer). Measured on SmolLM2 (2-core
 Zen 4, 1 thread): within ~5% of the eager step at 1-32 rows, for 13-19 s of cold start-up
 (~3-6 s with inductor's cache warm), hence off by default on the CPU. Compiling the whole 30-layer
 step as one frozen graph instead took ~23 s per bucket.
@@ -98,6 +98,16 @@ def row_buckets(max_rows: int, smallest: int = 1) -> tuple[int, ...]:
     return (*out, max_rows)
 
 
+def _allow_entries(n: int) -> None:
+    """Let dynamo keep ``n`` compiled entries per code object. Its cache is per code object, so
+    process-wide: every bucket of every runtime in the process (models, thread counts) holds one,
+    and past the default limit (8) a later step would be a hard failure under ``fullgraph``."""
+    import torch._dynamo.config as dynamo_config
+
+    dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, n)
+    dynamo_config.accumulated_recompile_limit = max(dynamo_config.accumulated_recompile_limit, 16 * n)
+
+
 class CompiledDecode:
     """The decode step compiled per row bucket. ``warmup`` compiles; a call runs a covered shape."""
 
@@ -111,6 +121,7 @@ class CompiledDecode:
             self.fn = torch.compile(body, dynamic=False, fullgraph=True)
         self.buckets: tuple[int, ...] = ()
         self.seconds: dict[int, float] = {}
+
         self.calls = 0  # compiled steps run (tests check the compiled path really ran)
 
     def bucket(self, rows: int) -> int | None:
@@ -122,22 +133,19 @@ class CompiledDecode:
     @torch.inference_mode()
     def warmup(self, max_rows: int) -> None:
         """Compile every bucket up to ``max_rows`` (each by forwards on a scratch cache)."""
-        import torch._dynamo.config as dynamo_config
-
-        # Packed GEMMs run at least MIN_GEMM_ROWS rows anyway: no smaller bucket.
-        smallest = MIN_GEMM_ROWS if self.rt.model.packed else 1
+        # oneDNN GEMMs run at least MIN_GEMM_ROWS rows anyway: no smaller bucket.
+        smallest = MIN_GEMM_ROWS if self.rt.model.gemm == "onednn" else 1
         new = [b for b in row_buckets(max_rows, smallest) if b not in self.buckets]
-        limit = max(8, 2 * (len(self.buckets) + len(new)))
-        with dynamo_config.patch(recompile_limit=limit, accumulated_recompile_limit=max(256, 4 * limit)):
-            for b in new:
-                t0 = time.perf_counter()
-                k = self.rt.attention_kernel
-                st = DecodeState(_Scratch(), b, 1, None, self.rt.scale, self.rt.spec.groups, None, k)
-                for _ in range(3 if self.whole else 1):  # CUDA graphs are recorded on a later call
-                    self._run(st, torch.zeros(b, dtype=torch.long), torch.zeros(b, dtype=torch.long))
-                self.seconds[b] = time.perf_counter() - t0
-                self.buckets = tuple(sorted({*self.buckets, b}))
-                log.info("fast runtime: decode step compiled for %d rows in %.1f s", b, self.seconds[b])
+        _allow_entries(64 + 2 * (len(self.buckets) + len(new)))
+        for b in new:
+            t0 = time.perf_counter()
+            k = self.rt.attention_kernel
+            st = DecodeState(_Scratch(), b, 1, None, self.rt.scale, self.rt.spec.groups, None, k)
+            for _ in range(3 if self.whole else 1):  # CUDA graphs are recorded on a later call
+                self._run(st, torch.zeros(b, dtype=torch.long), torch.zeros(b, dtype=torch.long))
+            self.seconds[b] = time.perf_counter() - t0
+            self.buckets = tuple(sorted({*self.buckets, b}))
+            log.info("fast runtime: decode step compiled for %d rows in %.1f s", b, self.seconds[b])
 
     def _run(self, st: DecodeState, ids: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
         dev = self.rt.device

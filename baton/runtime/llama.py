@@ -200,17 +200,19 @@ def embedding_sample(files: list[Path], hidden: int, dtype: torch.dtype, n: int 
 
 
 # ---------------------------------------------------------------------------------------------- GEMMs
-# bf16 weights on the CPU are packed once into oneDNN's blocked layout (what inductor's freezing
-# with cpp.weight_prepack does): the same GEMM is ~1.5x faster at 1-16 rows than with plain weights,
-# which oneDNN reorders on every call. The module then keeps a shape-only placeholder in the
-# weight's place (a zero-stride view of one element, so the weight is not held twice); the packed
-# tensor is found by the placeholder's address.
-_PACKED: dict[int, torch.Tensor] = {}
+# bf16 weights on the CPU are packed once at load. Where baton's kernel builds (AVX512-BF16), in its
+# own layout for ``kernels.bf16_linear``: every output sums K in one fixed order whatever the row
+# count, so a query gets the same bits alone as in a busy batch, and small decode batches run
+# 1.1-1.6x faster than oneDNN. Otherwise in oneDNN's blocked layout (what inductor's freezing with
+# cpp.weight_prepack does; ~1.5x faster at 1-16 rows than plain weights, which oneDNN reorders on
+# every call). The module then keeps a shape-only placeholder in the weight's place (a zero-stride
+# view of one element, so the weight is not held twice); the packed tensor is found by the
+# placeholder's address.
+_PACKED: dict[int, tuple[str, torch.Tensor]] = {}
 # oneDNN's bf16 GEMM sums a row differently below 7 rows than from 7 rows on (measured: the
 # K=1536 down projection of SmolLM2); from 7 rows on, a row's result does not depend on how many
-# rows are in the call. GEMMs over packed weights are therefore padded to at least this many rows,
-# so a query gets the same bits alone as in a busy batch (batch invariance), at a small cost for
-# batches of fewer rows (memory-bound there).
+# rows are in the call. oneDNN GEMMs are therefore padded to at least this many rows (batch
+# invariance), at a small cost for batches of fewer rows (memory-bound there).
 MIN_GEMM_ROWS = 8
 
 
@@ -218,8 +220,18 @@ def packs_weights(device: torch.device, dtype: torch.dtype) -> bool:
     return device.type == "cpu" and dtype == torch.bfloat16 and torch.backends.mkldnn.is_available()
 
 
-def _pack(w: nn.Parameter) -> nn.Parameter:
-    packed = torch.ops.mkldnn._reorder_linear_weight(w.data, None)
+def gemm_kind(device: torch.device, dtype: torch.dtype) -> str:
+    """How the model's GEMMs run: "baton" (own bf16 kernel), "onednn" (prepacked) or "torch"."""
+    if device.type == "cpu" and dtype == torch.bfloat16 and kernels.bf16_gemm_available(device):
+        return "baton"
+    return "onednn" if packs_weights(device, dtype) else "torch"
+
+
+def _pack(w: nn.Parameter, kind: str) -> nn.Parameter:
+    if kind == "baton" and w.shape[1] % 2 == 0:
+        packed = ("baton", kernels.bf16_pack(w.data))
+    else:
+        packed = ("onednn", torch.ops.mkldnn._reorder_linear_weight(w.data, None))
     stub = nn.Parameter(torch.zeros(1, dtype=w.dtype).expand(w.shape), requires_grad=False)
     _PACKED[stub.data_ptr()] = packed
     return stub
@@ -232,9 +244,11 @@ def _unpack_all(ptrs: list[int]) -> None:
 
 def linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:
     """``F.linear``, through the packed weight when ``w`` is a packed placeholder."""
-    packed = _PACKED.get(w.data_ptr()) if w.stride() == (0, 0) else None
+    kind, packed = _PACKED.get(w.data_ptr(), (None, None)) if w.stride() == (0, 0) else (None, None)
     if packed is None:
         return F.linear(x, w, b)
+    if kind == "baton":
+        return kernels.bf16_linear(x, packed, w.shape[0], b)
     n = x.shape[0]
     if n < MIN_GEMM_ROWS:
         x = F.pad(x, (0, 0, 0, MIN_GEMM_ROWS - n))
@@ -303,9 +317,9 @@ class Layer(nn.Module):
         gate, up = gemm(rms_norm(x, self.ln2, eps), self.wgu, self.bgu).chunk(2, dim=-1)
         return x + gemm(F.silu(gate) * up, self.wd, self.bd)
 
-    def pack(self) -> list[int]:
+    def pack(self, kind: str) -> list[int]:
         for name in ("wqkv", "wo", "wgu", "wd"):
-            setattr(self, name, _pack(getattr(self, name)))
+            setattr(self, name, _pack(getattr(self, name), kind))
         return [getattr(self, n).data_ptr() for n in ("wqkv", "wo", "wgu", "wd")]
 
 
@@ -337,12 +351,12 @@ class LlamaModel(nn.Module):
         emb = torch.cat((freqs, freqs), dim=-1)
         self.register_buffer("cos", emb.cos().to(device, dtype), persistent=False)
         self.register_buffer("sin", emb.sin().to(device, dtype), persistent=False)
-        self.packed = False
-        if packs_weights(torch.device(device), dtype):
-            ptrs = [p for layer in self.layers for p in layer.pack()]
-            self.lm_head = _pack(self.lm_head)  # tied: the embedding stays for the lookup
+        self.gemm = gemm_kind(torch.device(device), dtype)
+        self.packed = self.gemm != "torch"
+        if self.packed:
+            ptrs = [p for layer in self.layers for p in layer.pack(self.gemm)]
+            self.lm_head = _pack(self.lm_head, self.gemm)  # tied: the embedding stays for the lookup
             weakref.finalize(self, _unpack_all, [*ptrs, self.lm_head.data_ptr()])
-            self.packed = True
 
     def forward(self, ids: torch.Tensor, pos: torch.Tensor, last: torch.Tensor | None, attend, layer_fn=None):
         """Tokens ``ids``/``pos`` (flat ``[T]``) -> logits ``[len(last), vocab]`` (all tokens if None).
@@ -548,4 +562,5 @@ class FastRuntime:
             "compiled_rows": list(c.buckets) if c is not None else [],
             "attention_kernel": self.attention_kernel,
             "packed_weights": self.model.packed,
+            "gemm": self.model.gemm,
         }

@@ -1,7 +1,8 @@
 """bfloat16 on the fast runtime: batch invariance (a query's tokens in a busy batch equal the same
 runtime running it alone, under every policy, eager and compiled), compiled steps equal eager ones
 in float32, and the pieces that make invariance hold (the attention kernel reads only a row's real
-columns in a fixed order; GEMMs over packed weights run at least MIN_GEMM_ROWS rows)."""
+columns in a fixed order; baton's bf16 GEMM sums each output in one order whatever the row count;
+oneDNN GEMMs over packed weights run at least MIN_GEMM_ROWS rows)."""
 
 from __future__ import annotations
 
@@ -109,16 +110,21 @@ def test_smollm2_bf16_batch_invariant(compile, policy):
 
 
 # ---------------------------------------------------------------------------------------------- pieces
-def test_packed_gemm_rows_do_not_depend_on_batch_size():
+@pytest.mark.parametrize("kind", ["baton", "onednn"])
+def test_packed_gemm_rows_do_not_depend_on_batch_size(kind):
     from torch import nn
 
-    from baton.runtime.llama import _pack
+    from baton.runtime.llama import _PACKED, _pack
+
+    if kind == "baton" and not kernels.bf16_gemm_available(torch.device("cpu")):
+        pytest.skip("baton's bf16 GEMM needs AVX512-BF16")
 
     g = torch.Generator().manual_seed(0)
     for k, n in ((1536, 576), (576, 3072)):
         dense = torch.randn(n, k, generator=g).bfloat16()
-        w = _pack(nn.Parameter(dense.clone(), requires_grad=False))
+        w = _pack(nn.Parameter(dense.clone(), requires_grad=False), kind)
         assert w.stride() == (0, 0)  # a placeholder: the weight is held once, packed
+        assert _PACKED[w.data_ptr()][0] == kind
         x = torch.randn(40, k, generator=g).bfloat16()
         single = torch.cat([linear(x[i : i + 1], w) for i in range(40)])
         for m in (1, 2, MIN_GEMM_ROWS - 1, MIN_GEMM_ROWS, 16, 40):
