@@ -11,7 +11,7 @@ export RAY_ENABLE_ZERO_COPY_TORCH_TENSORS ?= 1
 # would turn token auth on and CLI clients (ray job submit) would fail.
 export RAY_AUTH_MODE ?= disabled
 
-.PHONY: install run test test-fast lint format bench bench-suite clean
+.PHONY: install run test test-fast lint format bench bench-suite soak clean
 
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -49,6 +49,10 @@ bench: install
 	$(PY) -m baton.bench.step_bench --profile --out-dir $(BENCH_DIR)
 	$(PY) -m baton.bench.step_bench --threads 2 --out-dir $(BENCH_DIR)
 	$(PY) -m baton.bench.handoff_bench --out-dir $(BENCH_DIR)
+
+# 400 requests over gRPC, ~half cut short (cancel, deadline, Abort): 0 rows left, decode RSS flat.
+soak: install
+	$(PY) -m baton.bench.soak --model $(MODEL) --requests 400 --out-dir $(BENCH_DIR)
 
 # The serving comparison (~18 min here; add --vllm-python PATH for vLLM, see BENCHMARKS.md).
 bench-suite: install

@@ -15,7 +15,8 @@ import math
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
-from google.protobuf.message import DecodeError
+from google.protobuf import unknown_fields
+from google.protobuf.message import DecodeError, Message
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -38,8 +39,32 @@ _OPEN_METHODS = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 class _Undecodable:
     """What a handler gets instead of a message when the request bytes do not parse."""
 
-    def __init__(self, what: str):
+    def __init__(self, what: str, field: str = "request"):
         self.what = what
+        self.field = field
+
+    @property
+    def message(self) -> str:
+        if self.field == "request":
+            return f"request: not a valid {self.what} message"
+        return f"{self.field}: sent with the wrong protobuf wire type"
+
+
+def misencoded_field(msg: Message) -> str | None:
+    """The name of a known field that arrived with the wrong wire type, else None.
+
+    protobuf keeps such a field as an unknown field and leaves the real one unset: a temperature sent
+    as a varint would silently become greedy. Field numbers this server does not know (a newer
+    client's fields) stay accepted.
+    """
+    known = msg.DESCRIPTOR.fields_by_number
+    for f in unknown_fields.UnknownFieldSet(msg):
+        if f.field_number in known:
+            return known[f.field_number].name
+    for _fd, value in msg.ListFields():
+        if isinstance(value, Message) and (name := misencoded_field(value)):
+            return name
+    return None
 
 
 def _lenient(message_cls):
@@ -47,16 +72,18 @@ def _lenient(message_cls):
 
     def parse(data: bytes):
         try:
-            return message_cls.FromString(data)
+            msg = message_cls.FromString(data)
         except (DecodeError, ValueError):
             return _Undecodable(message_cls.DESCRIPTOR.full_name)
+        field = misencoded_field(msg)
+        return msg if field is None else _Undecodable(message_cls.DESCRIPTOR.full_name, field)
 
     return parse
 
 
 async def _reject_undecodable(request, context) -> None:
     if isinstance(request, _Undecodable):
-        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"request: not a valid {request.what} message")
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
 
 
 def check_request_id(rid: str) -> None:
@@ -192,7 +219,8 @@ class GenerationService(pb_grpc.GenerationServicer):
             )
         return pb.AbortResponse(aborted=True)
 
-    async def GetModelInfo(self, _request, _context):
+    async def GetModelInfo(self, request, context):
+        await _reject_undecodable(request, context)
         lim = self.cluster.limits
         info = self.cluster.infos[0]
         return pb.ModelInfo(
@@ -207,7 +235,8 @@ class GenerationService(pb_grpc.GenerationServicer):
             compile_s=max(i.get("compile_s", 0.0) for i in self.cluster.infos),
         )
 
-    async def GetServerInfo(self, _request, _context):
+    async def GetServerInfo(self, request, context):
+        await _reject_undecodable(request, context)
         s = self.router.server_info()
         static = {i["worker_id"]: i for i in self.cluster.infos}
 

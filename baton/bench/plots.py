@@ -1,4 +1,4 @@
-"""Every figure the benchmarks draw: the suite's sweeps and the decode step against the bare forward."""
+"""Every figure the benchmarks draw: the suite's sweeps, the decode step against the bare forward, the soak."""
 
 from __future__ import annotations
 
@@ -145,4 +145,36 @@ def step_plot(results: list[dict], meta: dict, path: Path) -> Path | None:
     ax2.legend(fontsize=8, loc="upper left")
     ax2.set_xticks(x, labels)
     ax2.grid(axis="y", alpha=0.3)
+    return save_figure(fig, path)
+
+
+def soak_plot(samples: list[dict], summary: dict, meta: dict, path: Path) -> Path | None:
+    """The soak over time: the decode worker's RSS (warm-up marked) over live rows and queues."""
+    plt = pyplot()
+    if plt is None:
+        return None
+    t = [s["t_s"] for s in samples]
+    fig, (ax, ax2) = plt.subplots(2, 1, figsize=(9, 6.5), sharex=True, gridspec_kw={"height_ratios": [3, 2]})
+    ax.plot(t, [s["rss_mb"] for s in samples], color="#d62728", lw=1.6, label="decode worker RSS")
+    ax.axvline(summary["warmup_t_s"], color="grey", ls="--", lw=1, label="end of warm-up")
+    ax.set_ylabel("RSS (MiB)")
+    o = summary["outcomes"]
+    model = Path(meta["model"]).name
+    ax.set_title(
+        f"Soak: {summary['requests']} requests on {model} ({o['completed']} completed, {o['cancelled']} "
+        f"cancelled, {o['deadline']} deadline, {o['aborted']} aborted)\nRSS after warm-up "
+        f"{summary['rss_after_warmup_mb']:.1f} -> end {summary['rss_end_mb']:.1f} MiB, slope "
+        f"{summary['rss_slope_mb_per_min']:+.2f} MiB/min",
+        fontsize=9.5,
+    )
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax2.plot(t, [s["live_rows"] for s in samples], color="#1f77b4", lw=1.4, label="live decode rows")
+    waiting = [s["waiting"] + s["queue"] + s["in_prefill"] + s["pending"] for s in samples]
+    ax2.plot(t, waiting, color="#2ca02c", lw=1.0, label="queued, in prefill, pending, waiting")
+    ax2.set_xlabel("time (s)")
+    ax2.set_ylabel("requests")
+    ax2.set_ylim(bottom=0)
+    ax2.grid(alpha=0.3)
+    ax2.legend(fontsize=8)
     return save_figure(fig, path)
