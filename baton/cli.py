@@ -106,6 +106,18 @@ def _add_cluster_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--object-store-mb", type=int, default=2048, help="local Ray only: object store size")
     g.add_argument("--max-queue", type=int, default=1024, help="admission queue bound")
     g.add_argument(
+        "--max-restarts",
+        type=int,
+        default=3,
+        help="restarts of a dead worker (Ray restarts it and it loads the model again); 0: never",
+    )
+    g.add_argument(
+        "--max-request-retries",
+        type=int,
+        default=3,
+        help="times a request whose worker died is prefilled again (migrated) before it fails",
+    )
+    g.add_argument(
         "--local",
         action="store_true",
         help="run policy baton in this process (prefill on a thread) instead of on Ray actors",
@@ -136,6 +148,8 @@ def cluster_config(args: argparse.Namespace):
         prefill_workers=args.prefill_workers,
         decode_workers=args.decode_workers,
         max_queue=args.max_queue,
+        max_restarts=args.max_restarts,
+        max_request_retries=args.max_request_retries,
         prefill_num_cpus=args.prefill_num_cpus,
         decode_num_cpus=args.decode_num_cpus,
         prefill_num_gpus=gpus if args.prefill_num_gpus is None else args.prefill_num_gpus,

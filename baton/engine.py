@@ -175,17 +175,23 @@ class LocalEngine:
         """Replay ``(request, arrival offset in s)`` pairs in real time; completions in input order."""
         run = _Trace(trace)
         with self._prefill_side(run) as prefill:
-            while not run.complete:
-                if prefill is not None and prefill.error:
-                    self._fail_unprefilled(run, prefill)
-                self._arrive(run, prefill)
-                prompts = self._schedule(run, prefill)
-                if not self.batch.rows and not prompts:
-                    self._idle(run, prefill)
-                    continue
-                stamps = [Stamps(arrival=r.arrival, prefill_start=time.time()) for r in prompts]
-                res = self.batch.step(prompts, stamps)
-                self._postprocess(run, res, stamps)
+            try:
+                while not run.complete:
+                    if prefill is not None and prefill.error:
+                        self._fail_unprefilled(run, prefill)
+                    self._arrive(run, prefill)
+                    prompts = self._schedule(run, prefill)
+                    if not self.batch.rows and not prompts:
+                        self._idle(run, prefill)
+                        continue
+                    stamps = [Stamps(arrival=r.arrival, prefill_start=time.time()) for r in prompts]
+                    res = self.batch.step(prompts, stamps)
+                    self._postprocess(run, res, stamps)
+            except Exception as e:  # the decode side failed: what is not done fails now, nothing hangs
+                log.exception("decode loop failed")
+                self.stats.failure = f"decode failed ({type(e).__name__}: {e})"
+                for rid in run.order:
+                    run.done.setdefault(rid, Completion(rid, error=self.stats.failure, error_field=None))
         return run.results()
 
     @contextlib.contextmanager

@@ -2,7 +2,8 @@
 
 Generate streams a request's chunks from the router; a call that ends early (client gone,
 deadline passed, Abort) aborts its request so the decode row is freed within one step.
-Health (grpc.health.v1) says SERVING only once every worker has its model; reflection lists the
+Health (grpc.health.v1) says SERVING only while each role has a live worker (every worker has its
+model at start; a role whose workers are all restarting or dead is NOT_SERVING); reflection lists the
 services. Auth, when on, needs ``authorization: Bearer <token>`` on every call but health and
 reflection (Kubernetes probes cannot send headers).
 """
@@ -238,7 +239,7 @@ class GenerationService(pb_grpc.GenerationServicer):
     async def GetServerInfo(self, request, context):
         await _reject_undecodable(request, context)
         s = self.router.server_info()
-        static = {i["worker_id"]: i for i in self.cluster.infos}
+        static = self.router.infos  # refreshed when a worker restarts
 
         def about(worker_id: str) -> dict:
             i = static.get(worker_id, {})
@@ -253,6 +254,7 @@ class GenerationService(pb_grpc.GenerationServicer):
             pb.WorkerInfo(
                 worker_id=w["worker_id"],
                 role="prefill",
+                state=w["state"],
                 outstanding_prompt_tokens=w["outstanding_tokens"],
                 **about(w["worker_id"]),
             )
@@ -264,6 +266,7 @@ class GenerationService(pb_grpc.GenerationServicer):
                     **about(w["worker_id"]),
                     worker_id=w["worker_id"],
                     role="decode",
+                    state=w["state"],
                     live_rows=w.get("rows", 0),
                     max_rows=w["max_rows"],
                     waiting=w.get("waiting", 0),
@@ -278,7 +281,7 @@ class GenerationService(pb_grpc.GenerationServicer):
             queue_depth=s["queue_depth"],
             in_prefill=s["in_prefill"],
             pending_decode=s["pending_decode"],
-            serving=self.serving,
+            serving=self.serving and s["serving"],
         )
 
 
@@ -372,11 +375,24 @@ class GrpcServer:
         await self._set(health_pb2.HealthCheckResponse.NOT_SERVING)
         await self.server.start()
         # The cluster was started (every worker has its model) before this server was created.
-        await self._set(health_pb2.HealthCheckResponse.SERVING)
+        # From now on health follows the workers: NOT_SERVING while a role has no live worker.
+        self.service.router.listeners.append(self._workers_changed)
+        await self._sync_health()
+
+    async def _sync_health(self) -> None:
+        up = self.service.serving and self.service.router.serving
+        await self._set(
+            health_pb2.HealthCheckResponse.SERVING if up else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+
+    def _workers_changed(self) -> None:
+        self.service.router.spawn(self._sync_health())
 
     async def drain(self, grace: float) -> None:
         """Stop admitting, let in-flight calls finish for up to ``grace`` s, then stop."""
         self.service.serving = False
         self.service.close()
+        if self._workers_changed in self.service.router.listeners:
+            self.service.router.listeners.remove(self._workers_changed)
         await self._set(health_pb2.HealthCheckResponse.NOT_SERVING)
         await self.server.stop(grace)

@@ -74,8 +74,11 @@ class Cluster:
         self._owns_ray = init_ray(cfg)
         t0 = time.time()
         pt, dt = cfg.threads
-        P = ray.remote(PrefillWorker)
-        D = ray.remote(max_concurrency=8)(DecodeWorker)
+        # A worker whose process dies is restarted by Ray (loading its model again) up to
+        # max_restarts times; the router re-attaches it (Router._rejoin). No task is retried by Ray:
+        # the router re-prefills what the dead worker held.
+        P = ray.remote(max_restarts=cfg.max_restarts)(PrefillWorker)
+        D = ray.remote(max_concurrency=8, max_restarts=cfg.max_restarts)(DecodeWorker)
         for i in range(cfg.prefill_workers):
             self.prefill_actors.append(
                 P.options(
@@ -127,6 +130,7 @@ class Cluster:
                 [(f"decode-{i}", a, rows[i]) for i, a in enumerate(self.decode_actors)],
                 cfg,
                 padded_prefill=padded,
+                infos={i["worker_id"]: i for i in self.infos},
             )
             await r.start()
             return r
@@ -186,10 +190,17 @@ class Cluster:
         return self.call(go())
 
     def decode_stats(self) -> list[dict]:
-        """Each decode worker's load (``WorkerLoad`` as a dict, its ``stats`` included)."""
+        """Each decode worker's load (``WorkerLoad`` as a dict, its ``stats`` included); a worker
+        that is restarting or dead is left out."""
         import ray
 
-        return [asdict(load) for load in ray.get([a.load.remote() for a in self.decode_actors])]
+        out = []
+        for ref in [a.load.remote() for a in self.decode_actors]:
+            try:
+                out.append(asdict(ray.get(ref, timeout=30)))
+            except (ray.exceptions.RayError, TimeoutError):
+                continue
+        return out
 
     def run_trace(self, trace: list[tuple[Request, float]]) -> list[Completion]:
         """Replay (request, arrival offset s) pairs in real time; completions in input order."""
@@ -199,7 +210,10 @@ class Cluster:
         async def one(req: Request, offset: float, t0: float) -> Completion:
             await asyncio.sleep(max(0.0, t0 + offset - time.time()))
             req = Request(req.request_id, req.prompt_token_ids, req.params, req.seed, arrival=time.time())
-            st = router.submit(req)
+            try:
+                st = router.submit(req)
+            except BatonError as e:  # no worker of a role left, queue full: this request's error line
+                return Completion(req.request_id, prompt_tokens=req.prompt_len, error=str(e))
             while True:
                 item = await st.out.get()
                 if isinstance(item, Completion):

@@ -5,24 +5,33 @@ query and the router passes the ref on to the chosen decode worker, which fetche
 (prefill node -> decode node directly). The first token is delivered as soon as its prefill
 returns. A handoff that finds every decode worker full waits in ``pending`` (it is never dropped)
 until rows free up. Decode workers report through ``EventBatch``es, one long poll per worker.
+
+Faults (docs/architecture.md, "Faults"): a worker whose actor dies is ``restarting`` (Ray restarts
+it; ``_rejoin`` waits for its model) or ``dead``. The requests it held are re-prefilled from their
+prompt plus the tokens already streamed (``RequestState.work``) and go on elsewhere, at most
+``max_request_retries`` times each. A role with no live or restarting worker fails at once
+everything waiting for it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import logging
 import time
 from collections import deque
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from baton.core.config import ClusterConfig
 from baton.core.errors import BatonError
 from baton.core.handoff import HandoffHeader
-from baton.core.messages import EventBatch, PrefillResult, Stamps, StepEvents, Timings, WorkerLoad
+from baton.core.messages import EventBatch, PrefillResult, Stamps, StepEvents, Timings
 from baton.core.policy import prefill_budget, prefill_take
 from baton.core.request import Completion, Request
+from cluster.workers import DEAD, LIVE, RESTARTING, STARTING, Worker, actor_gone, object_lost, unavailable
 
 log = logging.getLogger("baton.router")
 
@@ -57,19 +66,15 @@ class RequestState:
     decode_worker: str = ""
     abort_requested: bool = False  # aborted while in prefill: dropped when the prefill returns
     done: bool = False
+    retries: int = 0  # re-prefills after a worker died
 
+    def work(self) -> Request:
+        """What its next prefill computes: the request, resumed after the tokens already streamed."""
+        return dataclasses.replace(self.req, resume=tuple(self.tokens)) if self.tokens else self.req
 
-@dataclass
-class _Worker:
-    handle: Any
-    worker_id: str
-    max_rows: int = 0
-    assigned: int = 0  # rows in use or promised (handoffs sent, not finished)
-    outstanding_tokens: int = 0  # prefill: prompt tokens in calls not yet returned
-    calls: int = 0
-    dispatched: int = 0  # calls ever sent: equally loaded workers take turns
-    load: WorkerLoad | None = None
-    dead: bool = False
+    @property
+    def work_len(self) -> int:
+        return self.req.prompt_len + len(self.tokens)
 
 
 @dataclass(frozen=True)
@@ -79,14 +84,6 @@ class _Pending:
     kv_refs: list
 
 
-def _actor_died(e: Exception) -> bool:
-    try:
-        from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
-    except ImportError:  # pragma: no cover
-        return False
-    return isinstance(e, (ActorDiedError, RayActorError, ActorUnavailableError))
-
-
 class Router:
     def __init__(
         self,
@@ -94,27 +91,39 @@ class Router:
         decode: list[tuple[str, Any, int]],
         cfg: ClusterConfig,
         padded_prefill: bool = True,
+        infos: dict[str, dict] | None = None,
     ):
         self.cfg = cfg
         self.padded_prefill = padded_prefill  # the prefill runtime pays for padding (HF) or not
-        self.prefill = [_Worker(h, wid) for wid, h in prefill]
-        self.decode = [_Worker(h, wid, max_rows=rows) for wid, h, rows in decode]
+        self.prefill = [Worker(h, wid, "prefill") for wid, h in prefill]
+        self.decode = [Worker(h, wid, "decode", max_rows=rows) for wid, h, rows in decode]
+        self.infos = infos if infos is not None else {}  # worker_id -> its info() (refreshed on restart)
         self.waiting: deque[RequestState] = deque()
         self.pending: deque[_Pending] = deque()  # prefilled, no decode row yet
         self.states: dict[str, RequestState] = {}
         self.in_prefill = 0
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
-        self._background: set[asyncio.Task] = set()  # prefill calls and sends in flight
+        self._background: set[asyncio.Task] = set()  # prefill calls, sends, pings, restarts in flight
+        self._pinging: set[str] = set()
+        self.listeners: list[Callable[[], None]] = []  # called after any worker changes state
         self.max_pending = 0  # most handoffs ever waiting for a decode row
+        self.migrations = 0  # requests re-prefilled after a worker died
         self._ids = itertools.count()
         self.closed = False
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
+        """The workers have their models (the launcher waited for them): they are live."""
+        for w in self.prefill + self.decode:
+            w.set_state(LIVE, "model loaded")
         self._tasks.append(asyncio.create_task(self._prefill_dispatcher(), name="prefill-dispatch"))
+        self._tasks.append(asyncio.create_task(self._monitor(), name="prefill-monitor"))
         for w in self.decode:
-            self._tasks.append(asyncio.create_task(self._pump(w), name=f"pump-{w.worker_id}"))
+            self._start_pump(w)
+
+    def _start_pump(self, w: Worker) -> None:
+        self._tasks.append(asyncio.create_task(self._pump(w, w.epoch), name=f"pump-{w.worker_id}"))
 
     async def stop(self) -> None:
         self.closed = True
@@ -134,20 +143,120 @@ class Router:
 
     @property
     def healthy(self) -> bool:
-        """At least one live worker of each role."""
-        return any(not w.dead for w in self.prefill) and any(not w.dead for w in self.decode)
+        """Each role has a worker that is live or coming back: work may still be served."""
+        return any(w.available for w in self.prefill) and any(w.available for w in self.decode)
+
+    @property
+    def serving(self) -> bool:
+        """Each role has a live worker (gRPC health SERVING)."""
+        return any(w.live for w in self.prefill) and any(w.live for w in self.decode)
+
+    def _changed(self) -> None:
+        for fn in self.listeners:
+            fn()
 
     def _fail_stranded(self) -> None:
-        """A role with no live worker can finish nothing waiting for it: fail that work now."""
-        if not any(not w.dead for w in self.decode):
+        """A role with no live or restarting worker can finish nothing waiting for it: fail that now."""
+        if not any(w.available for w in self.decode):
             while self.pending:
                 self._finish(self.pending.popleft().state, "abort", error="no decode worker is available")
             # Nothing prefilled now could be decoded either.
             while self.waiting:
                 self._finish(self.waiting.popleft(), "abort", error="no decode worker is available")
-        if not any(not w.dead for w in self.prefill):
+        if not any(w.available for w in self.prefill):
             while self.waiting:
                 self._finish(self.waiting.popleft(), "abort", error="no prefill worker is available")
+
+    # ------------------------------------------------------------------ faults
+    def _worker_lost(self, w: Worker, e: BaseException | str) -> None:
+        """A call found ``w``'s actor gone: it restarts (restarts left) or is dead; its work moves on."""
+        if w.state not in (STARTING, LIVE):
+            return  # already handled
+        why = e if isinstance(e, str) else _short(e)
+        if not isinstance(e, str):
+            log.debug("%s worker %s: Ray reported: %s", w.role, w.worker_id, e)
+        w.lost()
+        if w.restarts < self.cfg.max_restarts:
+            w.restarts += 1
+            w.set_state(RESTARTING, f"{why}; restart {w.restarts} of {self.cfg.max_restarts}")
+            self.spawn(self._rejoin(w))
+        else:
+            w.set_state(DEAD, f"{why}; no restarts left" if self.cfg.max_restarts else why)
+        if w.role == "decode":
+            for st in [s for s in self.states.values() if s.decode_worker == w.worker_id]:
+                self._retry(st, w)
+        else:  # handoffs not yet sent whose KV died with this worker (it owned the objects)
+            for item in [i for i in self.pending if i.state.prefill_worker == w.worker_id]:
+                self.pending.remove(item)
+                self._retry(item.state, w)
+        self._fail_stranded()
+        self._place()
+        self._wake.set()
+        self._changed()
+
+    def _retry(self, st: RequestState, w: Worker) -> None:
+        """Re-prefill ``st`` (prompt + tokens streamed so far) after ``w`` failed it, within the bound."""
+        if st.done:
+            return
+        st.decode_worker = ""
+        if st.abort_requested:
+            self._finish(st, "abort")
+        elif st.retries >= self.cfg.max_request_retries:
+            self._finish(
+                st, "abort", error=f"{w.role} worker {w.worker_id} failed; gave up after {st.retries} retries"
+            )
+        else:
+            st.retries += 1
+            self.migrations += 1
+            self.waiting.appendleft(st)  # ahead of new work: it already waited its turn
+
+    async def _rejoin(self, w: Worker) -> None:
+        """Wait (bounded) until the restarted actor has loaded its model; then it takes work again."""
+        deadline = time.monotonic() + self.cfg.restart_timeout_s
+        why = f"not back within {self.cfg.restart_timeout_s:g} s"
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                info = await asyncio.wait_for(_awaitable(w.handle.info.remote()), left)
+            except asyncio.TimeoutError:
+                break
+            except Exception as e:
+                if unavailable(e):  # still restarting
+                    await asyncio.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
+                    continue
+                log.debug("%s worker %s: restart failed: %s", w.role, w.worker_id, e)
+                why = f"restart failed ({_short(e)})"
+                break
+            self.infos[w.worker_id] = info
+            w.max_rows = info.get("max_rows", w.max_rows)
+            w.set_state(LIVE, f"restarted; model loaded in {info.get('startup_s', 0.0):.1f} s")
+            if w.role == "decode":
+                self._start_pump(w)
+            self._place()
+            self._wake.set()
+            self._changed()
+            return
+        w.set_state(DEAD, why)
+        self._fail_stranded()
+        self._changed()
+
+    async def _monitor(self) -> None:
+        """Ping idle prefill workers: a death between calls is noticed (decode workers long-poll)."""
+        while not self.closed:
+            await asyncio.sleep(self.cfg.ping_interval_s)
+            for w in self.prefill:
+                if w.live and w.calls == 0 and w.worker_id not in self._pinging:
+                    self._pinging.add(w.worker_id)
+                    self.spawn(self._ping(w))
+
+    async def _ping(self, w: Worker) -> None:
+        epoch = w.epoch
+        try:
+            await w.handle.pid.remote()
+        except Exception as e:
+            if actor_gone(e) and w.epoch == epoch:
+                self._worker_lost(w, e)
+        finally:
+            self._pinging.discard(w.worker_id)
 
     # ------------------------------------------------------------------ API
     def new_request_id(self) -> str:
@@ -156,8 +265,9 @@ class Router:
     def submit(self, req: Request) -> RequestState:
         if self.closed:
             raise NoWorkers("the router is shutting down")
-        if not self.healthy:
-            raise NoWorkers("no prefill or decode worker is available")
+        for role, workers in (("prefill", self.prefill), ("decode", self.decode)):
+            if not any(w.available for w in workers):
+                raise NoWorkers(f"no {role} worker is available")
         if req.request_id in self.states:
             raise BatonError(f"request_id: {req.request_id!r} is already in flight")
         if len(self.waiting) >= self.cfg.max_queue:
@@ -181,11 +291,13 @@ class Router:
                 self.pending.remove(item)
                 self._finish(st, "abort")
                 return True
-        if st.decode_worker:
-            w = next(w for w in self.decode if w.worker_id == st.decode_worker)
-            await w.handle.abort.remote(request_id)  # its row frees within one step
-        else:
-            st.abort_requested = True  # still in prefill: dropped when it returns
+        st.abort_requested = True  # in prefill or in flight to a row: dropped when it comes back
+        w = next((w for w in self.decode if w.worker_id == st.decode_worker), None)
+        if w is not None and w.live:
+            try:
+                await w.handle.abort.remote(request_id)  # its row frees within one step
+            except Exception as e:  # the worker just died: the request ends when it would migrate
+                log.debug("abort of %s on decode worker %s failed: %s", request_id, w.worker_id, e)
         return True
 
     def server_info(self) -> dict:
@@ -193,25 +305,15 @@ class Router:
             "queue_depth": len(self.waiting),
             "in_prefill": self.in_prefill,
             "pending_decode": len(self.pending),
-            "prefill": [
-                {"worker_id": w.worker_id, "outstanding_tokens": w.outstanding_tokens, "calls": w.calls}
-                for w in self.prefill
-            ],
-            "decode": [
-                {
-                    "worker_id": w.worker_id,
-                    "assigned": w.assigned,
-                    "dead": w.dead,
-                    **(asdict(w.load) if w.load else {}),
-                    "max_rows": w.max_rows,
-                }
-                for w in self.decode
-            ],
+            "serving": self.serving,
+            "migrations": self.migrations,
+            "prefill": [w.row() for w in self.prefill],
+            "decode": [w.row() for w in self.decode],
         }
 
     # ------------------------------------------------------------------ prefill side
     def _decode_free(self) -> int:
-        return sum(w.max_rows - w.assigned for w in self.decode)
+        return sum(w.max_rows - w.assigned for w in self.decode if w.live)
 
     async def _prefill_dispatcher(self) -> None:
         while not self.closed:
@@ -221,36 +323,39 @@ class Router:
                 budget = prefill_budget(
                     len(self.pending), self.in_prefill, self._decode_free(), self.cfg.prefill_ahead
                 )
-                idle = [w for w in self.prefill if not w.dead and w.calls < self.cfg.prefill_calls_per_worker]
+                idle = [w for w in self.prefill if w.live and w.calls < self.cfg.prefill_calls_per_worker]
                 if budget <= 0 or not idle:
                     break
                 w = min(idle, key=lambda x: (x.outstanding_tokens, x.calls, x.dispatched))
                 w.dispatched += 1
                 count = prefill_take(
-                    [st.req.prompt_len for st in self.waiting],
+                    [st.work_len for st in self.waiting],
                     self.cfg.max_prefill_tokens,
                     budget,
                     self.padded_prefill,
                 )
                 batch = [self.waiting.popleft() for _ in range(count)]
-                tokens = sum(st.req.prompt_len for st in batch)
+                tokens = sum(st.work_len for st in batch)
                 w.outstanding_tokens += tokens
                 w.calls += 1
                 self.in_prefill += len(batch)
                 self.spawn(self._run_prefill(w, batch, tokens))
 
-    async def _run_prefill(self, w: _Worker, batch: list[RequestState], tokens: int) -> None:
+    async def _run_prefill(self, w: Worker, batch: list[RequestState], tokens: int) -> None:
         for st in batch:
             st.prefill_worker = w.worker_id
         try:
-            results = await w.handle.prefill.remote([st.req for st in batch])
-        except Exception as e:  # worker died or raised: these requests fail, others go on
-            w.dead = w.dead or _actor_died(e)
-            log.error("prefill worker %s failed on %d requests: %s", w.worker_id, len(batch), e)
-            for st in batch:
-                self._finish(st, "abort", error=f"prefill worker {w.worker_id} failed ({_short(e)})")
+            results = await w.handle.prefill.remote([st.work() for st in batch])
+        except Exception as e:
             results = None
-            self._fail_stranded()
+            if actor_gone(e):  # the worker died: these requests go to another (or the restarted) one
+                self._worker_lost(w, e)
+                for st in batch:
+                    self._retry(st, w)
+            else:  # the worker raised: these requests fail, others go on
+                log.error("prefill worker %s failed on %d requests: %s", w.worker_id, len(batch), e)
+                for st in batch:
+                    self._finish(st, "abort", error=f"prefill worker {w.worker_id} failed ({_short(e)})")
         finally:
             w.outstanding_tokens -= tokens
             w.calls -= 1
@@ -259,12 +364,16 @@ class Router:
             for st, res in zip(batch, results, strict=True):
                 self._prefilled(st, res)
             self._place()
+        self._fail_stranded()
         self._wake.set()
 
     def _prefilled(self, st: RequestState, res: PrefillResult) -> None:
+        if st.done:
+            return
         h = HandoffHeader.from_bytes(res.header_bytes)
-        st.stamps = Stamps.from_header(h.timings, res.kv_bytes)
-        st.stamps.first_token = time.time()  # when the client gets it, not when it was sampled
+        if not h.resumed:  # a resumed request keeps the stamps of its first prefill
+            st.stamps = Stamps.from_header(h.timings, res.kv_bytes)
+            st.stamps.first_token = time.time()  # when the client gets it, not when it was sampled
         self._deliver(st, [h.first_token], h.first_text)
         if h.finish_reason is not None:
             self._finish(st, h.finish_reason)
@@ -277,7 +386,7 @@ class Router:
     # ------------------------------------------------------------------ decode side
     def _place(self) -> None:
         while self.pending:
-            free = [w for w in self.decode if not w.dead and w.assigned < w.max_rows]
+            free = [w for w in self.decode if w.live and w.assigned < w.max_rows]
             if not free:
                 return  # every row is taken: the handoff waits here, never dropped
             w = max(free, key=lambda x: (x.max_rows - x.assigned, -(x.load.window if x.load else 0)))
@@ -285,61 +394,73 @@ class Router:
             w.assigned += 1
             item.state.decode_worker = w.worker_id
             # The ref travels inside a list so Ray hands it over unresolved: the worker fetches it.
-            self.spawn(self._send(w, item))
+            self.spawn(self._send(w, item, w.epoch))
 
-    async def _send(self, w: _Worker, item: _Pending) -> None:
+    async def _send(self, w: Worker, item: _Pending, epoch: int) -> None:
         try:
             await w.handle.submit.remote(item.header_bytes, item.kv_refs)
         except Exception as e:
-            w.assigned -= 1
-            w.dead = w.dead or _actor_died(e)
-            log.error("decode worker %s refused a handoff: %s", w.worker_id, e)
-            self._finish(item.state, "abort", error=f"decode worker {w.worker_id} failed ({_short(e)})")
+            st = item.state
+            if w.epoch != epoch:
+                return  # the worker was lost meanwhile: its requests, this one too, moved on
+            if object_lost(e):  # the KV died with its prefill worker: not the decode side's fault
+                w.assigned -= 1
+                log.warning(
+                    "request %s: its KV was lost with prefill worker %s; prefilling it again",
+                    st.req.request_id,
+                    st.prefill_worker,
+                )
+                self._retry(st, next(p for p in self.prefill if p.worker_id == st.prefill_worker))
+                self._wake.set()
+            elif actor_gone(e):
+                self._worker_lost(w, e)
+            else:
+                w.assigned -= 1
+                log.error("decode worker %s refused a handoff: %s", w.worker_id, e)
+                self._finish(st, "abort", error=f"decode worker {w.worker_id} failed ({_short(e)})")
             self._place()
-            self._fail_stranded()
 
-    async def _pump(self, w: _Worker) -> None:
-        while not self.closed:
+    async def _pump(self, w: Worker, epoch: int) -> None:
+        while not self.closed and w.epoch == epoch:
             try:
                 batch: EventBatch = await w.handle.events.remote(self.cfg.poll_timeout_s)
             except asyncio.CancelledError:
                 raise
             except Exception as e:
-                log.error("decode worker %s is gone: %s", w.worker_id, e)
-                self._lose(w, _short(e))
+                if w.epoch == epoch:
+                    self._worker_lost(w, e)
+                return
+            if w.epoch != epoch:
                 return
             w.load = batch.load
             for ev in batch.events:
                 self._apply(w, ev)
-            if batch.fatal:  # its step loop crashed: treat the worker as gone
+            if batch.fatal:  # its step loop crashed: end the actor, so that Ray restarts it
                 log.error("decode worker %s: its step loop died:\n%s", w.worker_id, batch.fatal)
-                self._lose(w, "its step loop died")
+                _end_actor(w.handle)
+                self._worker_lost(w, "its step loop died")
                 return
             self._place()
             self._wake.set()
 
-    def _lose(self, w: _Worker, why: str) -> None:
-        """A decode worker is gone: its requests fail, nothing else waits on it."""
-        w.dead = True
-        for st in [s for s in self.states.values() if s.decode_worker == w.worker_id]:
-            self._finish(st, "abort", error=f"decode worker {w.worker_id} failed: {why}")
-        self._fail_stranded()
+    def _apply(self, w: Worker, ev: StepEvents) -> None:
+        def mine(rid: str) -> RequestState | None:
+            st = self.states.get(rid)
+            return st if st is not None and st.decode_worker == w.worker_id else None
 
-    def _apply(self, w: _Worker, ev: StepEvents) -> None:
         for ins in ev.inserted:
-            if st := self.states.get(ins.request_id):
+            if st := mine(ins.request_id):
                 st.stamps.inserted = ins.at
         for tok in ev.tokens:
-            st = self.states.get(tok.request_id)
-            if st and not st.done:
+            if st := mine(tok.request_id):
                 self._deliver(st, [tok.token], tok.text)
         for fin in ev.finished:
             w.assigned -= 1
-            if st := self.states.get(fin.request_id):
+            if st := mine(fin.request_id):
                 self._finish(st, fin.reason)
         for err in ev.errors:
             w.assigned -= 1
-            if st := self.states.get(err.request_id):
+            if st := mine(err.request_id):
                 self._finish(st, "abort", error=err.message)
 
     # ------------------------------------------------------------------ streams
@@ -364,3 +485,17 @@ class Router:
         )
         st.out.put_nowait(c)
         self.states.pop(st.req.request_id, None)
+
+
+async def _awaitable(ref):
+    return await ref
+
+
+def _end_actor(handle) -> None:
+    """Kill an actor that is up but useless; Ray restarts it if it has restarts left."""
+    try:
+        import ray
+
+        ray.kill(handle, no_restart=False)
+    except Exception as e:  # already gone
+        log.debug("could not end an actor: %s", e)

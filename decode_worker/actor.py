@@ -34,6 +34,10 @@ class DecodeWorker:
         self.loop = DecodeLoop(DecodeBatch(self.lm, cfg.max_batch_size, capacity), worker_id)
         self.startup_s = time.time() - t0
 
+    def pid(self) -> int:
+        """This worker's process id (the router pings idle workers with it; tests kill it)."""
+        return os.getpid()
+
     def info(self) -> dict[str, Any]:
         return {
             "worker_id": self.worker_id,

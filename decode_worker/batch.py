@@ -101,14 +101,15 @@ class DecodeBatch:
         h = handoff.header
         check_compatible(h, handoff.kv, self.lm.fingerprint, self.lm.dtype_name, self.lm.layout)
         params = h.sampling
-        tracker = self._tracker(params, h.prompt_token_ids)
+        tracker = self._tracker(params, h.prompt_only)
+        tracker.replay(h.resumed_ids)  # a migrated request: its streamed tokens count (index, length, text)
         finish = tracker.push(h.first_token)
         tracker.take_text_delta()  # the first token's text was streamed by the prefill side
         if finish is not None:
             return FinishedRow(h.request_id, tracker.token_ids, tracker.text, finish, h.prompt_len, stamps)
         if handoff.kv is None:
             raise HandoffMismatch("kv: handoff of an unfinished request carries no KV")
-        if not self.fits(h.prompt_len, params.max_tokens):
+        if not self.fits(h.prompt_len, params.max_tokens - h.resumed):
             raise CapacityError(f"no room for request {h.request_id} ({h.prompt_len} prompt tokens)")
         kv = kv_from_numpy(handoff.kv, h.dtype, self.lm.device)
         self.cache.grow_left(h.prompt_len)

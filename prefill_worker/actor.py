@@ -30,6 +30,10 @@ class PrefillWorker:
         self.engine = PrefillEngine(self.lm, cfg.max_prefill_tokens)
         self.startup_s = time.time() - t0
 
+    def pid(self) -> int:
+        """This worker's process id (the router pings idle workers with it; tests kill it)."""
+        return os.getpid()
+
     def info(self) -> dict[str, Any]:
         return {
             "worker_id": self.worker_id,

@@ -34,13 +34,13 @@ class PrefillEngine:
 
     def plan_batches(self, requests: list[Request]) -> list[list[Request]]:
         """Consecutive groups of ``requests``, one forward each, within ``max_batch_tokens``."""
-        sizes = plan_prefill([r.prompt_len for r in requests], self.max_batch_tokens, self.padded)
+        sizes = plan_prefill([r.prefill_len for r in requests], self.max_batch_tokens, self.padded)
         starts = [0, *itertools.accumulate(sizes)][: len(sizes)]
         return [requests[s : s + n] for s, n in zip(starts, sizes, strict=True)]
 
     def forward(self, requests: list[Request]) -> tuple[list[torch.Tensor], torch.Tensor]:
         """One forward. Returns per-request KV tensors and last-token logits ``[n, vocab]``."""
-        return self.lm.runtime.prefill([r.prompt_token_ids for r in requests])
+        return self.lm.runtime.prefill([r.prefill_ids for r in requests])
 
     def prefill(self, requests: list[Request]) -> list[KVHandoff]:
         """Prefill ``requests`` (in as many forwards as the token budget needs), one handoff each."""
@@ -48,8 +48,13 @@ class PrefillEngine:
         for batch in self.plan_batches(requests):
             t0 = time.time()
             kvs, logits = self.forward(batch)
+            # A resumed request's next token is output index len(resume): its draw is the one it
+            # would have had on the decode worker that died.
             firsts = sample_rows(
-                logits.float(), [r.params for r in batch], [r.seed for r in batch], [0] * len(batch)
+                logits.float(),
+                [r.params for r in batch],
+                [r.seed for r in batch],
+                [len(r.resume) for r in batch],
             )
             t1 = time.time()
             handoffs += [
@@ -64,10 +69,11 @@ class PrefillEngine:
         tracker = OutputTracker(
             r.params, self.lm.limits.eos_token_ids, self.lm.tokenizer, list(r.prompt_token_ids)
         )
+        tracker.replay(r.resume)
         finish = tracker.push(token)
         header = HandoffHeader(
             request_id=r.request_id,
-            prompt_token_ids=list(r.prompt_token_ids),
+            prompt_token_ids=list(r.prefill_ids),
             first_token=token,
             params=r.params.to_dict(),
             seed=r.seed,
@@ -77,5 +83,6 @@ class PrefillEngine:
             finish_reason=finish,
             first_text=tracker.take_text_delta(),
             timings={"arrival": r.arrival, "prefill_start": t0, "prefill_end": t1, "prefill_batch": size},
+            resumed=len(r.resume),
         )
         return KVHandoff(header.to_bytes(), None if finish else kv_to_numpy(kv))

@@ -92,10 +92,21 @@ class ClusterConfig(ServingConfig):
     ray_address: str | None = None
     object_store_bytes: int = 2 * 1024**3
     ray_num_cpus: int | None = None  # local Ray only: logical CPUs (default: enough for the workers)
+    # Faults (docs/architecture.md, "Faults"): a dead worker is restarted by Ray up to max_restarts
+    # times (0: never); the router waits restart_timeout_s for it to load its model and rejoin. A
+    # request whose worker died is re-prefilled (migrated) at most max_request_retries times.
+    max_restarts: int = 3
+    restart_timeout_s: float = 120.0
+    max_request_retries: int = 3
+    ping_interval_s: float = 1.0  # idle prefill workers are pinged this often (their death is noticed)
 
     def __post_init__(self) -> None:
         super().__post_init__()
         _at_least(self, ("prefill_workers", "decode_workers", "max_queue", "prefill_calls_per_worker"), 1)
+        _at_least(self, ("max_restarts", "max_request_retries"), 0)
+        for name in ("restart_timeout_s", "ping_interval_s", "poll_timeout_s"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name}: must be > 0, got {getattr(self, name)}")
         if self.device.startswith("cuda") and (self.prefill_num_gpus <= 0 or self.decode_num_gpus <= 0):
             raise ValueError("device: cuda workers need --prefill-num-gpus and --decode-num-gpus > 0")
 

@@ -36,11 +36,23 @@ class HandoffHeader:
     finish_reason: str | None = None  # set when the first token already ended the request
     first_text: str = ""  # text delta of the first token, already streamed by the prefill side
     timings: dict[str, float] = field(default_factory=dict)  # ms: queue, prefill; wall-clock stamps
+    # A migrated request: the last ``resumed`` of ``prompt_token_ids`` are output tokens it already
+    # streamed (its KV covers them); ``first_token`` is output token index ``resumed``.
+    resumed: int = 0
     version: int = HEADER_VERSION
 
     @property
     def prompt_len(self) -> int:
         return len(self.prompt_token_ids)
+
+    @property
+    def prompt_only(self) -> list[int]:
+        """The request's own prompt (without the resumed output tokens)."""
+        return self.prompt_token_ids[: self.prompt_len - self.resumed]
+
+    @property
+    def resumed_ids(self) -> list[int]:
+        return self.prompt_token_ids[self.prompt_len - self.resumed :]
 
     @property
     def sampling(self) -> SamplingParams:

@@ -18,10 +18,22 @@ class Request:
     params: SamplingParams
     seed: int
     arrival: float = field(default_factory=time.time)  # wall clock, comparable across processes
+    # A migrated request (its decode worker died): the output tokens already streamed. The prefill
+    # runs over prompt + resume and samples token index len(resume) next: no gap, no duplicate.
+    resume: tuple[int, ...] = ()
 
     @property
     def prompt_len(self) -> int:
         return len(self.prompt_token_ids)
+
+    @property
+    def prefill_ids(self) -> tuple[int, ...]:
+        """What a prefill computes: the prompt, then any output tokens already streamed."""
+        return self.prompt_token_ids + self.resume
+
+    @property
+    def prefill_len(self) -> int:
+        return len(self.prompt_token_ids) + len(self.resume)
 
 
 @dataclass

@@ -65,6 +65,17 @@ class OutputTracker:
         if self.tokenizer is not None:
             self._detok = IncrementalDetokenizer(self.tokenizer, self.prompt_ids)
 
+    def replay(self, tokens) -> None:
+        """Resume a migrated request: push the output tokens it already streamed (their text too).
+
+        The detokenizer, the stop-string search and the streamed text end in exactly the state
+        they had when those tokens were first produced, so what follows has no gap and no duplicate.
+        """
+        for token in tokens:
+            if self.push(token) is not None:
+                raise ValueError("resume: the streamed tokens already finished the request")
+        self.take_text_delta()
+
     def push(self, token: int) -> str | None:
         """Record one sampled token; returns the finish reason if this token ends the request."""
         if self.finish_reason is not None:

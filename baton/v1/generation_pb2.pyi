@@ -167,7 +167,7 @@ class GetServerInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class WorkerInfo(_message.Message):
-    __slots__ = ("worker_id", "role", "live_rows", "max_rows", "waiting", "kv_bytes", "kv_window", "kv_capacity", "outstanding_prompt_tokens", "steps", "runtime", "dtype", "threads", "startup_s")
+    __slots__ = ("worker_id", "role", "live_rows", "max_rows", "waiting", "kv_bytes", "kv_window", "kv_capacity", "outstanding_prompt_tokens", "steps", "runtime", "dtype", "threads", "startup_s", "state")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     ROLE_FIELD_NUMBER: _ClassVar[int]
     LIVE_ROWS_FIELD_NUMBER: _ClassVar[int]
@@ -182,6 +182,7 @@ class WorkerInfo(_message.Message):
     DTYPE_FIELD_NUMBER: _ClassVar[int]
     THREADS_FIELD_NUMBER: _ClassVar[int]
     STARTUP_S_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
     role: str
     live_rows: int
@@ -196,7 +197,8 @@ class WorkerInfo(_message.Message):
     dtype: str
     threads: int
     startup_s: float
-    def __init__(self, worker_id: _Optional[str] = ..., role: _Optional[str] = ..., live_rows: _Optional[int] = ..., max_rows: _Optional[int] = ..., waiting: _Optional[int] = ..., kv_bytes: _Optional[int] = ..., kv_window: _Optional[int] = ..., kv_capacity: _Optional[int] = ..., outstanding_prompt_tokens: _Optional[int] = ..., steps: _Optional[int] = ..., runtime: _Optional[str] = ..., dtype: _Optional[str] = ..., threads: _Optional[int] = ..., startup_s: _Optional[float] = ...) -> None: ...
+    state: str
+    def __init__(self, worker_id: _Optional[str] = ..., role: _Optional[str] = ..., live_rows: _Optional[int] = ..., max_rows: _Optional[int] = ..., waiting: _Optional[int] = ..., kv_bytes: _Optional[int] = ..., kv_window: _Optional[int] = ..., kv_capacity: _Optional[int] = ..., outstanding_prompt_tokens: _Optional[int] = ..., steps: _Optional[int] = ..., runtime: _Optional[str] = ..., dtype: _Optional[str] = ..., threads: _Optional[int] = ..., startup_s: _Optional[float] = ..., state: _Optional[str] = ...) -> None: ...
 
 class ServerInfo(_message.Message):
     __slots__ = ("workers", "queue_depth", "in_prefill", "pending_decode", "serving")

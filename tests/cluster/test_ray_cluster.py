@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 import pytest
+from helpers import tiny_cluster_config
 from oracle import assert_exact, make_queries
 
 from baton.core.params import SamplingParams
@@ -19,16 +20,7 @@ def _quiet(_msg: str) -> None:
 
 
 def _cfg(folder, p, d, **kw) -> ClusterConfig:
-    return ClusterConfig(
-        model=str(folder),
-        prefill_workers=p,
-        decode_workers=d,
-        max_seq_len=300,
-        dtype="float32",  # as tiny_lm, which the oracle checks against
-        prefill_num_cpus=0.5,
-        decode_num_cpus=0.5,
-        **{"max_batch_size": 6, **kw},
-    )
+    return tiny_cluster_config(folder, p, d, **{"max_batch_size": 6, **kw})
 
 
 def _wait_until(predicate, timeout: float = 10.0) -> bool:

@@ -39,6 +39,34 @@ def test_dead_prefill_thread_fails_the_rest_and_live_rows_finish(tiny_lm):
     assert first and len(first) < len(reqs)
 
 
+def test_failing_decode_step_fails_the_rest_and_keeps_completed_results(tiny_lm):
+    lm = tiny_lm("llama")
+    engine = LocalEngine(lm, EngineConfig(policy="baton", max_batch_size=4, threads=2))
+    real = engine.batch.step
+    steps = []
+
+    def step_then_die(*args, **kw):
+        steps.append(1)
+        if len(steps) > 20:
+            raise RuntimeError("injected: the decode step failed")
+        return real(*args, **kw)
+
+    engine.batch.step = step_then_die
+    short = [
+        Request(f"s{i}", (5, 6, 7 + i), SamplingParams(max_tokens=3, ignore_eos=True), seed=i)
+        for i in range(2)
+    ]
+    long = [
+        Request(f"l{i}", (9, 8, 7 + i), SamplingParams(max_tokens=200, ignore_eos=True), seed=i)
+        for i in range(3)
+    ]
+    results = engine.run([(r, 0.0) for r in short] + [(r, 0.05) for r in long])  # returns, never hangs
+    assert [c.request_id for c in results] == [r.request_id for r in short + long]
+    assert all(c.error is None and len(c.token_ids) == 3 for c in results[:2])
+    assert all(c.error is not None and "decode failed" in c.error for c in results[2:])
+    assert engine.stats.failure and "injected" in engine.stats.failure
+
+
 def test_empty_messages_is_a_per_line_error(tiny_lm):
     lm = tiny_lm("llama")
     specs = []
