@@ -20,9 +20,11 @@ from typing import Any
 from baton.core.config import ClusterConfig
 from baton.core.errors import BatonError
 from baton.core.handoff import HandoffHeader
+from baton.core.logs import access_line
 from baton.core.messages import EventBatch, PrefillResult, Stamps, StepEvents, Timings, WorkerLoad
 from baton.core.policy import prefill_budget, prefill_take
 from baton.core.request import Completion, Request
+from cluster.metrics import NullObserver
 
 log = logging.getLogger("baton.router")
 
@@ -94,8 +96,11 @@ class Router:
         decode: list[tuple[str, Any, int]],
         cfg: ClusterConfig,
         padded_prefill: bool = True,
+        observer: Any = None,
     ):
         self.cfg = cfg
+        # Told of token deliveries and finished requests (cluster/metrics.py); None: nobody listens.
+        self.observer = observer if observer is not None else NullObserver()
         self.padded_prefill = padded_prefill  # the prefill runtime pays for padding (HF) or not
         self.prefill = [_Worker(h, wid) for wid, h in prefill]
         self.decode = [_Worker(h, wid, max_rows=rows) for wid, h, rows in decode]
@@ -347,6 +352,7 @@ class Router:
         st.tokens.extend(tokens)
         st.text.append(text)
         st.out.put_nowait(Chunk(tokens, text))
+        self.observer.tokens(st, len(tokens))
 
     def _finish(self, st: RequestState, reason: str, error: str | None = None) -> None:
         if st.done:
@@ -364,3 +370,5 @@ class Router:
         )
         st.out.put_nowait(c)
         self.states.pop(st.req.request_id, None)
+        self.observer.finished(st, c, timings)
+        access_line(c)
