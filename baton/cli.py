@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
+import logging
 import sys
 import time
 from pathlib import Path
@@ -12,6 +14,9 @@ from baton.core.config import COMPILE, DTYPES, POLICIES, RUNTIMES, EngineConfig
 from baton.core.errors import BatonError, ValidationError
 from baton.core.models import DEFAULT_MODEL
 from baton.core.request import Completion
+
+log = logging.getLogger("baton.cli")
+NO_TEMPLATE = "messages: this model has no chat template"
 
 
 def _read_specs(path: str) -> list:
@@ -166,7 +171,7 @@ def _run_on_ray(args: argparse.Namespace, specs: list) -> tuple[list[Completion]
     from cluster.ray_cluster import Cluster
 
     cfg = cluster_config(args)
-    with Cluster(cfg).start(log=lambda m: print(m, file=sys.stderr)) as cluster:
+    with Cluster(cfg).start() as cluster:
         batch = Batch(specs, cluster.tokenizer, cluster.limits)
         t0 = time.time()
         results = batch.merge(cluster.run_trace(batch.trace))
@@ -174,10 +179,10 @@ def _run_on_ray(args: argparse.Namespace, specs: list) -> tuple[list[Completion]
         st = cluster.decode_stats()
         blocked = max((s["stats"]["max_blocked_ms"] for s in st), default=0.0)
         steps = sum(s["stats"]["steps"] for s in st)
-        print(
-            f"[baton] decode workers: {steps} steps, longest time a step waited on anything but its own "
-            f"work: {blocked:.3f} ms",
-            file=sys.stderr,
+        log.info(
+            "decode workers: %d steps, longest time a step waited on anything but its own work: %.3f ms",
+            steps,
+            blocked,
         )
     return results, wall
 
@@ -196,10 +201,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         failure = next((c.error for c in results if c.error and c.error_field is None), None)
     else:
         lm = load_serving_model(cfg)
-        print(
-            f"[baton] loaded {cfg.model} in {time.time() - t0:.1f} s (runtime {lm.runtime.name}, "
-            f"{lm.dtype_name}); {len(specs)} requests, policy {cfg.policy} (in-process)",
-            file=sys.stderr,
+        log.info(
+            "loaded %s in %.1f s (runtime %s, %s); %d requests, policy %s (in-process)",
+            cfg.model,
+            time.time() - t0,
+            lm.runtime.name,
+            lm.dtype_name,
+            len(specs),
+            cfg.policy,
         )
         t0 = time.time()
         results, stats = run_specs(lm, cfg, specs)
@@ -251,55 +260,71 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import threading
 
     from cluster.grpc_server import GrpcServer
+    from cluster.http_server import HttpServer
     from cluster.ray_cluster import Cluster
 
     if bool(args.tls_cert) != bool(args.tls_key):
         raise ValueError("tls_cert: --tls-cert and --tls-key go together")
+    for name in ("http_port", "metrics_port"):
+        port = getattr(args, name)
+        if port is not None and not 0 <= port < 65536:
+            raise ValueError(f"{name}: must be a TCP port in [0, 65535], got {port}")
     token = _read_token(args)
     cert = Path(args.tls_cert).read_bytes() if args.tls_cert else None
     key = Path(args.tls_key).read_bytes() if args.tls_key else None
     stop = threading.Event()
-    cluster = Cluster(cluster_config(args)).start(log=lambda m: print(m, file=sys.stderr, flush=True))
+    cluster = Cluster(cluster_config(args)).start()
     # After ray.init, which installs handlers of its own: ours drain instead of dying mid-request.
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     try:
 
-        async def make() -> GrpcServer:
-            server = GrpcServer(
-                cluster, args.model, args.host, args.port, token, cert, key, args.max_prompt_bytes
-            )
-            await server.start()
-            return server
+        async def make() -> list:
+            servers: list = [
+                GrpcServer(cluster, args.model, args.host, args.port, token, cert, key, args.max_prompt_bytes)
+            ]
+            if args.http_port is not None:
+                servers.append(
+                    HttpServer(cluster, args.model, args.host, args.http_port, token, args.max_prompt_bytes)
+                )
+            if args.metrics_port is not None:
+                servers.append(
+                    HttpServer(cluster, args.model, args.host, args.metrics_port, metrics_only=True)
+                )
+            for server in servers:
+                await server.start()
+            return servers
 
-        server = cluster.call(make())
-        print(
-            f"[baton] serving {args.model} on {args.host}:{server.port} (gRPC{', TLS' if cert else ''}"
-            f"{', auth' if token else ''}); health SERVING",
-            file=sys.stderr,
-            flush=True,
+        servers = cluster.call(make())
+        extra = "".join(
+            f"; {'metrics' if s.metrics_only else 'OpenAI HTTP'} on {args.host}:{s.port}" for s in servers[1:]
+        )
+        log.info(
+            "serving %s on %s:%d (gRPC%s%s)%s; health SERVING",
+            args.model,
+            args.host,
+            servers[0].port,
+            ", TLS" if cert else "",
+            ", auth" if token else "",
+            extra,
         )
         code = 0
         while not stop.wait(1.0):
             if (
                 not cluster.router.healthy
             ):  # workers lost (node gone, Ray down): let the supervisor restart us
-                print(
-                    "[baton] error: no live prefill or decode worker left; exiting",
-                    file=sys.stderr,
-                    flush=True,
-                )
+                log.error("no live prefill or decode worker left; exiting")
                 code = 1
                 break
-        print(
-            f"[baton] draining (up to {args.drain_grace:.0f} s for in-flight calls)",
-            file=sys.stderr,
-            flush=True,
-        )
-        cluster.call(server.drain(args.drain_grace))
+        log.info("draining (up to %.0f s for in-flight calls)", args.drain_grace)
+
+        async def drain() -> None:
+            await asyncio.gather(*(s.drain(args.drain_grace) for s in servers))
+
+        cluster.call(drain())
     finally:
         cluster.shutdown()
-    print("[baton] stopped", file=sys.stderr, flush=True)
+    log.info("stopped")
     return code
 
 
@@ -309,7 +334,12 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from baton.client import BatonClient
 
     ca = Path(args.tls_ca).read_bytes() if args.tls_ca else None
-    prompt = [int(t) for t in args.prompt.split(",")] if args.token_ids else args.prompt
+    if args.token_ids:
+        prompt = [int(t) for t in args.prompt.split(",")]
+    elif args.raw:
+        prompt = args.prompt
+    else:  # chat: the server renders the model's chat template (raw text if the model has none)
+        prompt = [{"role": "user", "content": args.prompt}]
     kw = dict(
         max_tokens=args.max_tokens,
         temperature=args.temperature,
@@ -323,17 +353,13 @@ def cmd_generate(args: argparse.Namespace) -> int:
         args.server, auth_token=_read_token(args), tls=args.tls, ca=ca, server_name=args.tls_server_name
     ) as client:
         try:
-            if args.stream:
-                last = None
-                for r in client.generate(prompt, timeout=args.timeout, stream=True, **kw):
-                    if r.WhichOneof("kind") == "chunk":
-                        sys.stdout.write(r.chunk.text)
-                        sys.stdout.flush()
-                    last = r.complete
-                sys.stdout.write("\n")
-            else:
-                last = client.complete(prompt, timeout=args.timeout, **kw)
-                print(last.text)
+            try:
+                last = _generate(client, prompt, args, kw)
+            except grpc.RpcError as e:
+                if not (isinstance(prompt, list) and NO_TEMPLATE in (e.details() or "")):
+                    raise
+                log.debug("the model has no chat template: sending the prompt as raw text")
+                last = _generate(client, args.prompt, args, kw)
         except grpc.RpcError as e:
             print(f"baton: {e.code().name}: {e.details()}", file=sys.stderr)
             return 1
@@ -347,6 +373,22 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _generate(client, prompt, args: argparse.Namespace, kw: dict):
+    """One Generate call, its text printed (streamed or whole); returns the Complete."""
+    if not args.stream:
+        last = client.complete(prompt, timeout=args.timeout, **kw)
+        print(last.text)
+        return last
+    last = None
+    for r in client.generate(prompt, timeout=args.timeout, stream=True, **kw):
+        if r.WhichOneof("kind") == "chunk":
+            sys.stdout.write(r.chunk.text)
+            sys.stdout.flush()
+        last = r.complete
+    sys.stdout.write("\n")
+    return last
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="baton", description="BATON disaggregated LLM serving")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -356,6 +398,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", default="-", help="output JSONL ('-' for stdout)")
     run.add_argument("--show", action="store_true", help="print each answer's text")
     _add_cluster_args(run)
+    _add_log_args(run)
     run.set_defaults(func=cmd_run)
 
     serve = sub.add_parser("serve", help="serve the gRPC API on a Ray cluster until SIGINT/SIGTERM")
@@ -380,12 +423,30 @@ def build_parser() -> argparse.ArgumentParser:
         default=1024 * 1024,
         help="largest prompt accepted (text bytes, or 4 bytes per token id), checked before tokenising",
     )
+    serve.add_argument(
+        "--http-port",
+        type=int,
+        default=None,
+        help="also serve the OpenAI-compatible HTTP API (and /metrics, /health) on this port (default off)",
+    )
+    serve.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        help="serve Prometheus /metrics (and /health) alone on this port, e.g. for gRPC-only deployments",
+    )
+    _add_log_args(serve)
     serve.set_defaults(func=cmd_serve)
 
     gen = sub.add_parser("generate", help="call a baton server")
     gen.add_argument("prompt", help="prompt text (or comma-separated token ids with --token-ids)")
     gen.add_argument("--server", default="127.0.0.1:50051")
     gen.add_argument("--token-ids", action="store_true")
+    gen.add_argument(
+        "--raw",
+        action="store_true",
+        help="send the prompt as raw text (default: as a chat turn, when the model has a chat template)",
+    )
     gen.add_argument("--max-tokens", type=int, default=None)
     gen.add_argument("--temperature", type=float, default=None)
     gen.add_argument("--top-p", type=float, default=None)
@@ -408,8 +469,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_log_args(p: argparse.ArgumentParser) -> None:
+    from baton.core.logs import FORMATS, LEVELS
+
+    p.add_argument("--log-level", default="info", choices=LEVELS, help="level of progress and request logs")
+    p.add_argument(
+        "--log-format", default="text", choices=FORMATS, help="text lines, or one JSON object per line"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
+    from baton.core.logs import setup_logging
+
     args = build_parser().parse_args(argv)
+    setup_logging(getattr(args, "log_level", "info"), getattr(args, "log_format", "text"))
     try:
         return args.func(args)
     except (BatonError, ValueError) as e:

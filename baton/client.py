@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 
 import grpc
 
@@ -14,7 +14,7 @@ TOKEN_ENV = "BATON_AUTH_TOKEN"
 
 
 def build_request(
-    prompt: str | Sequence[int],
+    prompt: str | Sequence[int] | Sequence[Mapping[str, str]],
     *,
     max_tokens: int | None = None,
     temperature: float | None = None,
@@ -40,6 +40,8 @@ def build_request(
     req = pb.GenerateRequest(request_id=request_id, sampling=s, stream=stream)
     if isinstance(prompt, str):
         req.text = prompt
+    elif prompt and isinstance(prompt[0], Mapping):  # chat: rendered with the model's chat template
+        req.messages.messages.extend(pb.ChatMessage(role=m["role"], content=m["content"]) for m in prompt)
     else:
         req.token_ids.ids.extend(prompt)
     return req

@@ -24,9 +24,10 @@ from grpc_reflection.v1alpha import reflection
 from baton.core.errors import BatonError, ValidationError
 from baton.core.params import SamplingParams
 from baton.core.request import Completion
-from baton.core.requests_io import RequestSpec, tokenize
+from baton.core.requests_io import RequestSpec, check_messages, tokenize
 from baton.v1 import generation_pb2 as pb
 from baton.v1 import generation_pb2_grpc as pb_grpc
+from cluster.metrics import NullObserver
 from cluster.router import NoWorkers, QueueFull
 
 SERVICE = pb.DESCRIPTOR.services_by_name["Generation"].full_name
@@ -35,6 +36,11 @@ MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 MAX_REQUEST_ID_BYTES = 256
 DEFAULT_MAX_PROMPT_BYTES = 1024 * 1024  # text or token ids (4 bytes each), checked before any work
 _OPEN_METHODS = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+_CODES = {  # gRPC status -> request_errors_total{code}
+    grpc.StatusCode.INVALID_ARGUMENT: "invalid_argument",
+    grpc.StatusCode.RESOURCE_EXHAUSTED: "queue_full",
+    grpc.StatusCode.UNAVAILABLE: "unavailable",
+}
 
 
 class _Undecodable:
@@ -95,9 +101,15 @@ def check_request_id(rid: str) -> None:
 def check_prompt_size(request: pb.GenerateRequest, max_bytes: int) -> None:
     """Refuse an oversized prompt before tokenising it (tokenising 5 MB takes seconds)."""
     which = request.WhichOneof("input")
-    size = len(request.text.encode()) if which == "text" else 4 * len(request.token_ids.ids)
+    if which == "messages":
+        size = sum(len(m.content.encode()) + len(m.role.encode()) for m in request.messages.messages)
+    else:
+        size = len(request.text.encode()) if which == "text" else 4 * len(request.token_ids.ids)
+    check_size(which, size, max_bytes)
+
+
+def check_size(field: str, size: int, max_bytes: int) -> None:
     if size > max_bytes:
-        field = "text" if which == "text" else "token_ids"
         raise ValidationError(field, f"prompt of {size} bytes is over the server's limit of {max_bytes}")
 
 
@@ -144,6 +156,7 @@ class GenerationService(pb_grpc.GenerationServicer):
         self.router = cluster.router
         self.model_name = model_name
         self.max_prompt_bytes = max_prompt_bytes
+        self.metrics = getattr(cluster, "metrics", None) or NullObserver()
         self.serving = True
         # Tokenising and chat templates run here, never on the event loop that streams every request.
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="baton-tokenize")
@@ -156,15 +169,20 @@ class GenerationService(pb_grpc.GenerationServicer):
         check_request_id(rid)
         which = request.WhichOneof("input")
         if which is None:
-            raise ValidationError("input", "give text or token_ids")
+            raise ValidationError("input", "give text, token_ids or messages")
         check_prompt_size(request, self.max_prompt_bytes)
         params = sampling_from_proto(request.sampling)
+        messages = None
+        if which == "messages":
+            messages = check_messages(
+                [{"role": m.role, "content": m.content} for m in request.messages.messages]
+            )
         spec = RequestSpec(
             rid,
             0.0,
             request.text if which == "text" else None,
             tuple(request.token_ids.ids) if which == "token_ids" else None,
-            None,
+            messages,
             params,
         )
         return tokenize(spec, self.cluster.tokenizer, self.cluster.limits)
@@ -172,21 +190,21 @@ class GenerationService(pb_grpc.GenerationServicer):
     async def Generate(self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext):
         await _reject_undecodable(request, context)
         if not self.serving:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, "server is draining")
+            await self._refuse(context, grpc.StatusCode.UNAVAILABLE, "server is draining")
         router = self.router
         rid = request.request_id or router.new_request_id()
         try:
             req = await asyncio.get_running_loop().run_in_executor(self._pool, self._parse, request, rid)
         except ValidationError as e:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+            await self._refuse(context, grpc.StatusCode.INVALID_ARGUMENT, str(e))
         try:
             st = router.submit(req)
         except QueueFull as e:
-            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(e))
+            await self._refuse(context, grpc.StatusCode.RESOURCE_EXHAUSTED, str(e))
         except NoWorkers as e:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, str(e))
+            await self._refuse(context, grpc.StatusCode.UNAVAILABLE, str(e))
         except BatonError as e:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+            await self._refuse(context, grpc.StatusCode.INVALID_ARGUMENT, str(e))
         finished = False
         try:
             while True:
@@ -207,6 +225,11 @@ class GenerationService(pb_grpc.GenerationServicer):
         finally:
             if not finished:  # cancelled, deadline passed, or the client went away: free the row
                 router.spawn(router.abort(rid))
+
+    async def _refuse(self, context, code: grpc.StatusCode, message: str) -> None:
+        """End a call before it reached the router, counted in request_errors_total."""
+        self.metrics.rejected(_CODES.get(code, "invalid_argument"))
+        await context.abort(code, message)
 
     async def Abort(self, request: pb.AbortRequest, context):
         await _reject_undecodable(request, context)
@@ -286,8 +309,9 @@ class GenerationService(pb_grpc.GenerationServicer):
 
 
 class _AuthInterceptor(grpc.aio.ServerInterceptor):
-    def __init__(self, token: str):
+    def __init__(self, token: str, metrics):
         self._expected = f"Bearer {token}".encode()
+        self._metrics = metrics
 
         async def deny(_request, context):
             await context.abort(
@@ -304,6 +328,7 @@ class _AuthInterceptor(grpc.aio.ServerInterceptor):
         got = got.encode() if isinstance(got, str) else got
         if hmac.compare_digest(got, self._expected):
             return await continuation(details)
+        self._metrics.rejected("unauthenticated")
         return self._deny_stream if details.method.endswith("/Generate") else self._deny
 
 
@@ -341,7 +366,8 @@ class GrpcServer:
         tls_key: bytes | None = None,
         max_prompt_bytes: int = DEFAULT_MAX_PROMPT_BYTES,
     ):
-        interceptors = [_AuthInterceptor(auth_token)] if auth_token else []
+        metrics = getattr(cluster, "metrics", None) or NullObserver()
+        interceptors = [_AuthInterceptor(auth_token, metrics)] if auth_token else []
         self.server = grpc.aio.server(
             interceptors=interceptors,
             options=[

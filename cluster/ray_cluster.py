@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import threading
 import time
@@ -22,7 +23,10 @@ from baton.core.config import ClusterConfig, parse_resources  # noqa: F401  (re-
 from baton.core.errors import BatonError
 from baton.core.params import ModelLimits
 from baton.core.request import Completion, Request
+from cluster.metrics import RouterMetrics
 from cluster.router import Chunk, Router
+
+_log = logging.getLogger("baton.cluster")
 
 
 def init_ray(cfg: ClusterConfig) -> bool:
@@ -62,14 +66,17 @@ class Cluster:
         self._owns_ray = False
         self.tokenizer = None
         self.limits: ModelLimits | None = None
+        self.metrics = RouterMetrics()  # the router's Prometheus metrics, served on /metrics
 
     # ------------------------------------------------------------------ lifecycle
-    def start(self, log=print) -> Cluster:
+    def start(self, log=None) -> Cluster:
+        """Start the workers and the router; progress lines go to ``log`` (default: the logger)."""
         import ray
 
         from decode_worker.actor import DecodeWorker
         from prefill_worker.actor import PrefillWorker
 
+        log = log or _log.info
         cfg = self.cfg
         self._owns_ray = init_ray(cfg)
         t0 = time.time()
@@ -97,7 +104,7 @@ class Cluster:
                 ).remote(f"decode-{i}", cfg, dt)
             )
         log(
-            f"[baton] starting {cfg.prefill_workers} prefill + {cfg.decode_workers} decode workers "
+            f"starting {cfg.prefill_workers} prefill + {cfg.decode_workers} decode workers "
             f"for {cfg.model} on {cfg.device}; waiting for every worker to load the model"
         )
         try:
@@ -114,7 +121,7 @@ class Cluster:
         self.tokenizer = _load_tokenizer(cfg.model)
         slowest = max(i["startup_s"] for i in self.infos)
         log(
-            f"[baton] all {len(self.infos)} workers ready in {time.time() - t0:.1f} s "
+            f"all {len(self.infos)} workers ready in {time.time() - t0:.1f} s "
             f"(model load in the slowest worker: {slowest:.1f} s; {describe_runtime(self.infos)})"
         )
 
@@ -131,7 +138,9 @@ class Cluster:
                 cfg,
                 padded_prefill=padded,
                 infos={i["worker_id"]: i for i in self.infos},
+                observer=self.metrics,
             )
+            self.metrics.bind(r)
             await r.start()
             return r
 

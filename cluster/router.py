@@ -28,9 +28,11 @@ from typing import Any
 from baton.core.config import ClusterConfig
 from baton.core.errors import BatonError
 from baton.core.handoff import HandoffHeader
+from baton.core.logs import access_line
 from baton.core.messages import EventBatch, PrefillResult, Stamps, StepEvents, Timings
 from baton.core.policy import prefill_budget, prefill_take
 from baton.core.request import Completion, Request
+from cluster.metrics import NullObserver
 from cluster.workers import DEAD, LIVE, RESTARTING, STARTING, Worker, actor_gone, object_lost, unavailable
 
 log = logging.getLogger("baton.router")
@@ -92,8 +94,11 @@ class Router:
         cfg: ClusterConfig,
         padded_prefill: bool = True,
         infos: dict[str, dict] | None = None,
+        observer: Any = None,
     ):
         self.cfg = cfg
+        # Told of token deliveries and finished requests (cluster/metrics.py); None: nobody listens.
+        self.observer = observer if observer is not None else NullObserver()
         self.padded_prefill = padded_prefill  # the prefill runtime pays for padding (HF) or not
         self.prefill = [Worker(h, wid, "prefill") for wid, h in prefill]
         self.decode = [Worker(h, wid, "decode", max_rows=rows) for wid, h, rows in decode]
@@ -468,6 +473,7 @@ class Router:
         st.tokens.extend(tokens)
         st.text.append(text)
         st.out.put_nowait(Chunk(tokens, text))
+        self.observer.tokens(st, len(tokens))
 
     def _finish(self, st: RequestState, reason: str, error: str | None = None) -> None:
         if st.done:
@@ -485,6 +491,8 @@ class Router:
         )
         st.out.put_nowait(c)
         self.states.pop(st.req.request_id, None)
+        self.observer.finished(st, c, timings)
+        access_line(c)
 
 
 async def _awaitable(ref):

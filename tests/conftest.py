@@ -34,6 +34,32 @@ def model_dir(model_root):
     return get
 
 
+# A plain chat template for the tiny models (their tokenizers have none): role markers, then the turn.
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}<assistant>{% endif %}"
+)
+
+
+@pytest.fixture(scope="session")
+def chat_model_dir(model_dir, model_root):
+    """``chat_model_dir(family)`` -> a copy of that tiny model whose tokenizer has CHAT_TEMPLATE."""
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    def get(family: str) -> Path:
+        folder = model_root / f"{family}-chat"
+        if not (folder / "config.json").exists():
+            shutil.copytree(model_dir(family), folder, dirs_exist_ok=True)
+            tok = AutoTokenizer.from_pretrained(folder)
+            tok.chat_template = CHAT_TEMPLATE
+            tok.save_pretrained(folder)
+        return folder
+
+    return get
+
+
 _loaded: dict[str, object] = {}
 
 

@@ -11,7 +11,6 @@ import importlib.util
 import json
 import logging
 import os
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,8 +28,11 @@ def cache_dir() -> Path:
     return Path(os.environ.get("BATON_CACHE", Path.home() / ".cache" / "baton"))
 
 
+_logger = logging.getLogger("baton.models")
+
+
 def _log(msg: str) -> None:
-    print(f"[baton] {msg}", file=sys.stderr, flush=True)
+    _logger.info(msg)
 
 
 def _gguf_path(package: str, filename: str) -> Path:

@@ -26,6 +26,25 @@ class RequestSpec:
     params: SamplingParams
 
 
+def check_messages(messages: Any) -> tuple[dict, ...]:
+    """A chat as every API takes it: a non-empty list of {role, content} strings (ValidationError naming
+    ``messages`` otherwise)."""
+    if not isinstance(messages, (list, tuple)) or not all(
+        isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+        for m in messages
+    ):
+        raise ValidationError("messages", "must be a list of {role, content} string objects")
+    if not messages:
+        raise ValidationError("messages", "must not be empty")
+    if any(not m["role"] for m in messages):
+        raise ValidationError("messages", "every message needs a non-empty role")
+    return tuple({"role": m["role"], "content": m["content"]} for m in messages)
+
+
+def has_chat_template(tokenizer: Any) -> bool:
+    return bool(getattr(tokenizer, "chat_template", None))
+
+
 def parse_spec(obj: Any, default_id: str) -> RequestSpec:
     if not isinstance(obj, dict):
         raise ValidationError("request", "each line must be a JSON object")
@@ -56,14 +75,7 @@ def parse_spec(obj: Any, default_id: str) -> RequestSpec:
         ids = tuple(ids)
     messages = obj.get("messages")
     if messages is not None:
-        if not isinstance(messages, list) or not all(
-            isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
-            for m in messages
-        ):
-            raise ValidationError("messages", "must be a list of {role, content} string objects")
-        if not messages:
-            raise ValidationError("messages", "must not be empty")
-        messages = tuple(messages)
+        messages = check_messages(messages)
     params = SamplingParams.from_dict({k: obj[k] for k in PARAM_FIELDS if k in obj})
     return RequestSpec(str(rid), float(arrival), prompt, ids, messages, params)
 
@@ -76,7 +88,7 @@ def tokenize(spec: RequestSpec, tokenizer: Any, limits: ModelLimits) -> Request:
         if tokenizer is None:
             raise ValidationError("prompt", "this model has no tokenizer: send prompt_token_ids")
         if spec.messages is not None:
-            if not getattr(tokenizer, "chat_template", None):
+            if not has_chat_template(tokenizer):
                 raise ValidationError("messages", "this model has no chat template: send prompt")
             try:
                 ids = list(

@@ -24,45 +24,49 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x62\x61ton/v1/generation.proto\x12\x08\x62\x61ton.v1\"\x17\n\x08TokenIds\x12\x0b\n\x03ids\x18\x01 \x03(\r\"\xf4\x01\n\x0eSamplingParams\x12\x18\n\x0btemperature\x18\x01 \x01(\x02H\x00\x88\x01\x01\x12\x12\n\x05top_p\x18\x02 \x01(\x02H\x01\x88\x01\x01\x12\x12\n\x05top_k\x18\x03 \x01(\x05H\x02\x88\x01\x01\x12\x17\n\nmax_tokens\x18\x04 \x01(\x05H\x03\x88\x01\x01\x12\x11\n\x04seed\x18\x05 \x01(\x04H\x04\x88\x01\x01\x12\x0c\n\x04stop\x18\x06 \x03(\t\x12\x16\n\x0estop_token_ids\x18\x07 \x03(\r\x12\x12\n\nignore_eos\x18\x08 \x01(\x08\x42\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x08\n\x06_top_kB\r\n\x0b_max_tokensB\x07\n\x05_seed\"\xa3\x01\n\x0fGenerateRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0e\n\x04text\x18\x02 \x01(\tH\x00\x12\'\n\ttoken_ids\x18\x03 \x01(\x0b\x32\x12.baton.v1.TokenIdsH\x00\x12*\n\x08sampling\x18\x04 \x01(\x0b\x32\x18.baton.v1.SamplingParams\x12\x0e\n\x06stream\x18\x05 \x01(\x08\x42\x07\n\x05input\"(\n\x05\x43hunk\x12\x11\n\ttoken_ids\x18\x01 \x03(\r\x12\x0c\n\x04text\x18\x02 \x01(\t\"9\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\r\"\xbd\x01\n\x06Timing\x12\x10\n\x08queue_ms\x18\x01 \x01(\x01\x12\x12\n\nprefill_ms\x18\x02 \x01(\x01\x12\x16\n\x0ekv_transfer_ms\x18\x03 \x01(\x01\x12\x0f\n\x07ttft_ms\x18\x04 \x01(\x01\x12\x11\n\tdecode_ms\x18\x05 \x01(\x01\x12\x10\n\x08total_ms\x18\x06 \x01(\x01\x12\x16\n\x0eprefill_worker\x18\x07 \x01(\t\x12\x15\n\rdecode_worker\x18\x08 \x01(\t\x12\x10\n\x08kv_bytes\x18\t \x01(\x04\"\xaa\x01\n\x08\x43omplete\x12-\n\rfinish_reason\x18\x01 \x01(\x0e\x32\x16.baton.v1.FinishReason\x12\x1e\n\x05usage\x18\x02 \x01(\x0b\x32\x0f.baton.v1.Usage\x12 \n\x06timing\x18\x03 \x01(\x0b\x32\x10.baton.v1.Timing\x12\x11\n\ttoken_ids\x18\x04 \x03(\r\x12\x0c\n\x04text\x18\x05 \x01(\t\x12\x0c\n\x04seed\x18\x06 \x01(\x04\"x\n\x10GenerateResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12 \n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x0f.baton.v1.ChunkH\x00\x12&\n\x08\x63omplete\x18\x03 \x01(\x0b\x32\x12.baton.v1.CompleteH\x00\x42\x06\n\x04kind\"\"\n\x0c\x41\x62ortRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\" \n\rAbortResponse\x12\x0f\n\x07\x61\x62orted\x18\x01 \x01(\x08\"\x15\n\x13GetModelInfoRequest\"\xb4\x01\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x16\n\x0e\x63ontext_length\x18\x02 \x01(\r\x12\x12\n\nvocab_size\x18\x03 \x01(\r\x12\x15\n\reos_token_ids\x18\x04 \x03(\r\x12\r\n\x05\x64type\x18\x05 \x01(\t\x12\x13\n\x0b\x66ingerprint\x18\x06 \x01(\t\x12\x0f\n\x07runtime\x18\x07 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x08 \x01(\t\x12\x11\n\tcompile_s\x18\t \x01(\x01\"\x16\n\x14GetServerInfoRequest\"\xa2\x02\n\nWorkerInfo\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\x11\n\tlive_rows\x18\x03 \x01(\r\x12\x10\n\x08max_rows\x18\x04 \x01(\r\x12\x0f\n\x07waiting\x18\x05 \x01(\r\x12\x10\n\x08kv_bytes\x18\x06 \x01(\x04\x12\x11\n\tkv_window\x18\x07 \x01(\r\x12\x13\n\x0bkv_capacity\x18\x08 \x01(\r\x12!\n\x19outstanding_prompt_tokens\x18\t \x01(\x04\x12\r\n\x05steps\x18\n \x01(\x04\x12\x0f\n\x07runtime\x18\x0b \x01(\t\x12\r\n\x05\x64type\x18\x0c \x01(\t\x12\x0f\n\x07threads\x18\r \x01(\r\x12\x11\n\tstartup_s\x18\x0e \x01(\x01\x12\r\n\x05state\x18\x0f \x01(\t\"\x85\x01\n\nServerInfo\x12%\n\x07workers\x18\x01 \x03(\x0b\x32\x14.baton.v1.WorkerInfo\x12\x13\n\x0bqueue_depth\x18\x02 \x01(\r\x12\x12\n\nin_prefill\x18\x03 \x01(\r\x12\x16\n\x0epending_decode\x18\x04 \x01(\r\x12\x0f\n\x07serving\x18\x05 \x01(\x08*W\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\n\n\x06LENGTH\x10\x01\x12\x07\n\x03\x45OS\x10\x02\x12\x08\n\x04STOP\x10\x03\x12\t\n\x05\x41\x42ORT\x10\x04\x32\x96\x02\n\nGeneration\x12\x43\n\x08Generate\x12\x19.baton.v1.GenerateRequest\x1a\x1a.baton.v1.GenerateResponse0\x01\x12\x38\n\x05\x41\x62ort\x12\x16.baton.v1.AbortRequest\x1a\x17.baton.v1.AbortResponse\x12\x42\n\x0cGetModelInfo\x12\x1d.baton.v1.GetModelInfoRequest\x1a\x13.baton.v1.ModelInfo\x12\x45\n\rGetServerInfo\x12\x1e.baton.v1.GetServerInfoRequest\x1a\x14.baton.v1.ServerInfob\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x62\x61ton/v1/generation.proto\x12\x08\x62\x61ton.v1\"\x17\n\x08TokenIds\x12\x0b\n\x03ids\x18\x01 \x03(\r\"\xf4\x01\n\x0eSamplingParams\x12\x18\n\x0btemperature\x18\x01 \x01(\x02H\x00\x88\x01\x01\x12\x12\n\x05top_p\x18\x02 \x01(\x02H\x01\x88\x01\x01\x12\x12\n\x05top_k\x18\x03 \x01(\x05H\x02\x88\x01\x01\x12\x17\n\nmax_tokens\x18\x04 \x01(\x05H\x03\x88\x01\x01\x12\x11\n\x04seed\x18\x05 \x01(\x04H\x04\x88\x01\x01\x12\x0c\n\x04stop\x18\x06 \x03(\t\x12\x16\n\x0estop_token_ids\x18\x07 \x03(\r\x12\x12\n\nignore_eos\x18\x08 \x01(\x08\x42\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x08\n\x06_top_kB\r\n\x0b_max_tokensB\x07\n\x05_seed\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"7\n\x0c\x43hatMessages\x12\'\n\x08messages\x18\x01 \x03(\x0b\x32\x15.baton.v1.ChatMessage\"\xcf\x01\n\x0fGenerateRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0e\n\x04text\x18\x02 \x01(\tH\x00\x12\'\n\ttoken_ids\x18\x03 \x01(\x0b\x32\x12.baton.v1.TokenIdsH\x00\x12*\n\x08messages\x18\x06 \x01(\x0b\x32\x16.baton.v1.ChatMessagesH\x00\x12*\n\x08sampling\x18\x04 \x01(\x0b\x32\x18.baton.v1.SamplingParams\x12\x0e\n\x06stream\x18\x05 \x01(\x08\x42\x07\n\x05input\"(\n\x05\x43hunk\x12\x11\n\ttoken_ids\x18\x01 \x03(\r\x12\x0c\n\x04text\x18\x02 \x01(\t\"9\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\r\"\xbd\x01\n\x06Timing\x12\x10\n\x08queue_ms\x18\x01 \x01(\x01\x12\x12\n\nprefill_ms\x18\x02 \x01(\x01\x12\x16\n\x0ekv_transfer_ms\x18\x03 \x01(\x01\x12\x0f\n\x07ttft_ms\x18\x04 \x01(\x01\x12\x11\n\tdecode_ms\x18\x05 \x01(\x01\x12\x10\n\x08total_ms\x18\x06 \x01(\x01\x12\x16\n\x0eprefill_worker\x18\x07 \x01(\t\x12\x15\n\rdecode_worker\x18\x08 \x01(\t\x12\x10\n\x08kv_bytes\x18\t \x01(\x04\"\xaa\x01\n\x08\x43omplete\x12-\n\rfinish_reason\x18\x01 \x01(\x0e\x32\x16.baton.v1.FinishReason\x12\x1e\n\x05usage\x18\x02 \x01(\x0b\x32\x0f.baton.v1.Usage\x12 \n\x06timing\x18\x03 \x01(\x0b\x32\x10.baton.v1.Timing\x12\x11\n\ttoken_ids\x18\x04 \x03(\r\x12\x0c\n\x04text\x18\x05 \x01(\t\x12\x0c\n\x04seed\x18\x06 \x01(\x04\"x\n\x10GenerateResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12 \n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x0f.baton.v1.ChunkH\x00\x12&\n\x08\x63omplete\x18\x03 \x01(\x0b\x32\x12.baton.v1.CompleteH\x00\x42\x06\n\x04kind\"\"\n\x0c\x41\x62ortRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\" \n\rAbortResponse\x12\x0f\n\x07\x61\x62orted\x18\x01 \x01(\x08\"\x15\n\x13GetModelInfoRequest\"\xb4\x01\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x16\n\x0e\x63ontext_length\x18\x02 \x01(\r\x12\x12\n\nvocab_size\x18\x03 \x01(\r\x12\x15\n\reos_token_ids\x18\x04 \x03(\r\x12\r\n\x05\x64type\x18\x05 \x01(\t\x12\x13\n\x0b\x66ingerprint\x18\x06 \x01(\t\x12\x0f\n\x07runtime\x18\x07 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x08 \x01(\t\x12\x11\n\tcompile_s\x18\t \x01(\x01\"\x16\n\x14GetServerInfoRequest\"\xa2\x02\n\nWorkerInfo\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\x11\n\tlive_rows\x18\x03 \x01(\r\x12\x10\n\x08max_rows\x18\x04 \x01(\r\x12\x0f\n\x07waiting\x18\x05 \x01(\r\x12\x10\n\x08kv_bytes\x18\x06 \x01(\x04\x12\x11\n\tkv_window\x18\x07 \x01(\r\x12\x13\n\x0bkv_capacity\x18\x08 \x01(\r\x12!\n\x19outstanding_prompt_tokens\x18\t \x01(\x04\x12\r\n\x05steps\x18\n \x01(\x04\x12\x0f\n\x07runtime\x18\x0b \x01(\t\x12\r\n\x05\x64type\x18\x0c \x01(\t\x12\x0f\n\x07threads\x18\r \x01(\r\x12\x11\n\tstartup_s\x18\x0e \x01(\x01\x12\r\n\x05state\x18\x0f \x01(\t\"\x85\x01\n\nServerInfo\x12%\n\x07workers\x18\x01 \x03(\x0b\x32\x14.baton.v1.WorkerInfo\x12\x13\n\x0bqueue_depth\x18\x02 \x01(\r\x12\x12\n\nin_prefill\x18\x03 \x01(\r\x12\x16\n\x0epending_decode\x18\x04 \x01(\r\x12\x0f\n\x07serving\x18\x05 \x01(\x08*W\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\n\n\x06LENGTH\x10\x01\x12\x07\n\x03\x45OS\x10\x02\x12\x08\n\x04STOP\x10\x03\x12\t\n\x05\x41\x42ORT\x10\x04\x32\x96\x02\n\nGeneration\x12\x43\n\x08Generate\x12\x19.baton.v1.GenerateRequest\x1a\x1a.baton.v1.GenerateResponse0\x01\x12\x38\n\x05\x41\x62ort\x12\x16.baton.v1.AbortRequest\x1a\x17.baton.v1.AbortResponse\x12\x42\n\x0cGetModelInfo\x12\x1d.baton.v1.GetModelInfoRequest\x1a\x13.baton.v1.ModelInfo\x12\x45\n\rGetServerInfo\x12\x1e.baton.v1.GetServerInfoRequest\x1a\x14.baton.v1.ServerInfob\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'baton.v1.generation_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_FINISHREASON']._serialized_start=1794
-  _globals['_FINISHREASON']._serialized_end=1881
+  _globals['_FINISHREASON']._serialized_start=1941
+  _globals['_FINISHREASON']._serialized_end=2028
   _globals['_TOKENIDS']._serialized_start=39
   _globals['_TOKENIDS']._serialized_end=62
   _globals['_SAMPLINGPARAMS']._serialized_start=65
   _globals['_SAMPLINGPARAMS']._serialized_end=309
-  _globals['_GENERATEREQUEST']._serialized_start=312
-  _globals['_GENERATEREQUEST']._serialized_end=475
-  _globals['_CHUNK']._serialized_start=477
-  _globals['_CHUNK']._serialized_end=517
-  _globals['_USAGE']._serialized_start=519
-  _globals['_USAGE']._serialized_end=576
-  _globals['_TIMING']._serialized_start=579
-  _globals['_TIMING']._serialized_end=768
-  _globals['_COMPLETE']._serialized_start=771
-  _globals['_COMPLETE']._serialized_end=941
-  _globals['_GENERATERESPONSE']._serialized_start=943
-  _globals['_GENERATERESPONSE']._serialized_end=1063
-  _globals['_ABORTREQUEST']._serialized_start=1065
-  _globals['_ABORTREQUEST']._serialized_end=1099
-  _globals['_ABORTRESPONSE']._serialized_start=1101
-  _globals['_ABORTRESPONSE']._serialized_end=1133
-  _globals['_GETMODELINFOREQUEST']._serialized_start=1135
-  _globals['_GETMODELINFOREQUEST']._serialized_end=1156
-  _globals['_MODELINFO']._serialized_start=1159
-  _globals['_MODELINFO']._serialized_end=1339
-  _globals['_GETSERVERINFOREQUEST']._serialized_start=1341
-  _globals['_GETSERVERINFOREQUEST']._serialized_end=1363
-  _globals['_WORKERINFO']._serialized_start=1366
-  _globals['_WORKERINFO']._serialized_end=1656
-  _globals['_SERVERINFO']._serialized_start=1659
-  _globals['_SERVERINFO']._serialized_end=1792
-  _globals['_GENERATION']._serialized_start=1884
-  _globals['_GENERATION']._serialized_end=2162
+  _globals['_CHATMESSAGE']._serialized_start=311
+  _globals['_CHATMESSAGE']._serialized_end=355
+  _globals['_CHATMESSAGES']._serialized_start=357
+  _globals['_CHATMESSAGES']._serialized_end=412
+  _globals['_GENERATEREQUEST']._serialized_start=415
+  _globals['_GENERATEREQUEST']._serialized_end=622
+  _globals['_CHUNK']._serialized_start=624
+  _globals['_CHUNK']._serialized_end=664
+  _globals['_USAGE']._serialized_start=666
+  _globals['_USAGE']._serialized_end=723
+  _globals['_TIMING']._serialized_start=726
+  _globals['_TIMING']._serialized_end=915
+  _globals['_COMPLETE']._serialized_start=918
+  _globals['_COMPLETE']._serialized_end=1088
+  _globals['_GENERATERESPONSE']._serialized_start=1090
+  _globals['_GENERATERESPONSE']._serialized_end=1210
+  _globals['_ABORTREQUEST']._serialized_start=1212
+  _globals['_ABORTREQUEST']._serialized_end=1246
+  _globals['_ABORTRESPONSE']._serialized_start=1248
+  _globals['_ABORTRESPONSE']._serialized_end=1280
+  _globals['_GETMODELINFOREQUEST']._serialized_start=1282
+  _globals['_GETMODELINFOREQUEST']._serialized_end=1303
+  _globals['_MODELINFO']._serialized_start=1306
+  _globals['_MODELINFO']._serialized_end=1486
+  _globals['_GETSERVERINFOREQUEST']._serialized_start=1488
+  _globals['_GETSERVERINFOREQUEST']._serialized_end=1510
+  _globals['_WORKERINFO']._serialized_start=1513
+  _globals['_WORKERINFO']._serialized_end=1803
+  _globals['_SERVERINFO']._serialized_start=1806
+  _globals['_SERVERINFO']._serialized_end=1939
+  _globals['_GENERATION']._serialized_start=2031
+  _globals['_GENERATION']._serialized_end=2309
 # @@protoc_insertion_point(module_scope)

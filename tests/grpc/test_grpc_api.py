@@ -316,3 +316,17 @@ def test_model_and_server_info_report_runtime_and_dtype(served):
         assert {w.role for w in workers} == {"prefill", "decode"}
         for w in workers:
             assert w.runtime == info.runtime and w.dtype == "float32" and w.threads >= 1 and w.startup_s > 0
+
+
+def test_chat_messages_need_a_template(served):
+    """The tiny model has no chat template: messages are refused naming the field, as empty messages are."""
+    with BatonClient(served["target"]) as c:
+        for messages, why in (([{"role": "user", "content": "hi"}], "chat template"), ([], "empty")):
+            req = pb.GenerateRequest(stream=False)
+            req.messages.messages.extend(pb.ChatMessage(**m) for m in messages)
+            if not messages:
+                req.messages.SetInParent()
+            with pytest.raises(grpc.RpcError) as e:
+                list(c.stub.Generate(req))
+            assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert e.value.details().startswith("messages:") and why in e.value.details(), e.value.details()

@@ -3,6 +3,7 @@ the process exits 0 and leaves no Ray processes behind."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -11,6 +12,7 @@ import threading
 import time
 
 import grpc
+import openai
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from helpers import free_port, ray_processes, session_of_driver, wait_gone
@@ -21,7 +23,7 @@ from baton.v1 import generation_pb2 as pb
 
 @pytest.mark.slow
 def test_serve_drains_on_sigterm(model_dir, tmp_path):
-    port = free_port()
+    port, http_port = free_port(), free_port()
     env = dict(os.environ, RAY_AUTH_MODE="disabled")
     env.pop("RAY_ADDRESS", None)
     env.pop("BATON_AUTH_TOKEN", None)
@@ -46,6 +48,10 @@ def test_serve_drains_on_sigterm(model_dir, tmp_path):
             "300",
             "--drain-grace",
             "60",
+            "--http-port",
+            str(http_port),
+            "--log-format",
+            "json",
         ],
         stdout=log,
         stderr=subprocess.STDOUT,
@@ -67,6 +73,18 @@ def test_serve_drains_on_sigterm(model_dir, tmp_path):
         assert status == health_pb2.HealthCheckResponse.SERVING, (tmp_path / "serve.log").read_text()[-3000:]
         assert "all 2 workers ready" in (tmp_path / "serve.log").read_text()
         assert ray_processes(session_of_driver(proc.pid))  # the check at the end can see its Ray
+
+        # The OpenAI-compatible HTTP API of the same process: a completion, then its JSON access line.
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{http_port}/v1", api_key="none", max_retries=0)
+        r = client.completions.create(model=str(model_dir("gpt2")), prompt=list(range(5, 20)), max_tokens=4)
+        assert r.usage.completion_tokens >= 1
+        access = [
+            json.loads(line)
+            for line in (tmp_path / "serve.log").read_text().splitlines()
+            if line.startswith("{") and '"baton.access"' in line
+        ]
+        assert access and access[-1]["request_id"] == r.id.removeprefix("cmpl-"), access
+        assert access[-1]["prompt_tokens"] == 15 and access[-1]["output_tokens"] == r.usage.completion_tokens
 
         with BatonClient(f"127.0.0.1:{port}") as c:
             call = c.generate(list(range(5, 40)), max_tokens=200, ignore_eos=True, stream=True)

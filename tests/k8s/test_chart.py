@@ -119,8 +119,66 @@ def kube_validate(obj: dict, where: str) -> None:
         pytest.fail(f"{where}: {error.message}")
 
 
+# The part of the Prometheus Operator's ServiceMonitor (monitoring.coreos.com/v1) the chart renders, from
+# its API reference; unknown fields are rejected, as a strict apply would.
+_LABELS = {"type": "object", "additionalProperties": {"type": "string"}}
+SERVICE_MONITOR_SCHEMA = {
+    "type": "object",
+    "required": ["apiVersion", "kind", "metadata", "spec"],
+    "additionalProperties": False,
+    "properties": {
+        "apiVersion": {"const": "monitoring.coreos.com/v1"},
+        "kind": {"const": "ServiceMonitor"},
+        "metadata": {
+            "type": "object",
+            "required": ["name", "namespace"],
+            "additionalProperties": False,
+            "properties": {"name": {"type": "string"}, "namespace": {"type": "string"}, "labels": _LABELS},
+        },
+        "spec": {
+            "type": "object",
+            "required": ["selector", "endpoints"],
+            "additionalProperties": False,
+            "properties": {
+                "selector": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "properties": {"matchLabels": _LABELS},
+                },
+                "namespaceSelector": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "properties": {"matchNames": {"type": "array", "items": {"type": "string"}}},
+                },
+                "endpoints": {
+                    "type": "array",
+                    "minItems": 1,
+                    "items": {
+                        "type": "object",
+                        "additionalProperties": False,
+                        "required": ["port"],
+                        "properties": {
+                            "port": {"type": "string"},
+                            "path": {"type": "string"},
+                            "interval": {
+                                "type": "string",
+                                "pattern": r"^(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?$",
+                            },
+                        },
+                    },
+                },
+            },
+        },
+    },
+}
+
+
 def validate_object(obj: dict, where: str) -> None:
     kind = obj.get("kind")
+    if kind == "ServiceMonitor":
+        errors = list(jsonschema.Draft202012Validator(SERVICE_MONITOR_SCHEMA).iter_errors(obj))
+        assert not errors, f"{where}: ServiceMonitor: {[e.message for e in errors[:5]]}"
+        return
     if obj.get("apiVersion", "").startswith("ray.io/"):
         assert obj["apiVersion"] == "ray.io/v1", f"{where}: KubeRay objects must be ray.io/v1"
         assert kind in CRD_FILES, f"{where}: unknown KubeRay kind {kind}"
@@ -264,6 +322,7 @@ def test_ci_values_render_valid_objects(chart):
         "RayCluster",
         "Service",
         "ServiceAccount",
+        "ServiceMonitor",
     ]
     assert ray_cluster(objects)["spec"]["upgradeStrategy"] == {"type": "Recreate"}
     assert flags(serve_argv(objects))["--device"] == "cpu"
@@ -440,7 +499,7 @@ def test_probes_point_at_the_grpc_port(chart):
     assert head["startupProbe"]["failureThreshold"] * head["startupProbe"]["periodSeconds"] >= 600
 
     service = one(objects, "Service")
-    (port,) = service["spec"]["ports"]
+    port = next(p for p in service["spec"]["ports"] if p["name"] == "grpc")
     assert port["targetPort"] == "grpc"
     assert port["port"] == 50051
     assert service["spec"]["selector"] == {
@@ -450,6 +509,64 @@ def test_probes_point_at_the_grpc_port(chart):
 
     default_head = head_container(render(chart))
     assert default_head["readinessProbe"]["grpc"] == {"port": 50051, "service": "baton.v1.Generation"}
+
+
+def _scrape_annotations(port: int) -> dict:
+    return {"prometheus.io/scrape": "true", "prometheus.io/port": str(port), "prometheus.io/path": "/metrics"}
+
+
+def test_http_port_is_served_exposed_and_scraped(chart):
+    objects = render(chart)
+    serve = flags(serve_argv(objects))
+    assert serve["--http-port"] == "8000" and "--metrics-port" not in serve
+    head = head_container(objects)
+    assert {p["name"]: p["containerPort"] for p in head["ports"]}["http"] == 8000
+    service = one(objects, "Service")
+    ports = {p["name"]: p for p in service["spec"]["ports"]}
+    assert ports["http"]["port"] == 8000 and ports["http"]["targetPort"] == "http"
+    pod_annotations = ray_cluster(objects)["spec"]["headGroupSpec"]["template"]["metadata"]["annotations"]
+    assert _scrape_annotations(8000).items() <= pod_annotations.items()
+    assert _scrape_annotations(8000).items() <= service["metadata"]["annotations"].items()
+    # Workers serve no metrics: only the head pod is annotated.
+    for group in ray_cluster(objects)["spec"]["workerGroupSpecs"]:
+        assert "prometheus.io/scrape" not in (group["template"]["metadata"].get("annotations") or {})
+
+
+def test_without_http_metrics_get_their_own_port(chart):
+    objects = render(chart, {"serve": {"httpPort": 0}, "metrics": {"port": 9400}})
+    serve = flags(serve_argv(objects))
+    assert serve["--metrics-port"] == "9400" and "--http-port" not in serve
+    assert {p["name"]: p["containerPort"] for p in head_container(objects)["ports"]}["metrics"] == 9400
+    service = one(objects, "Service")
+    assert [p["name"] for p in service["spec"]["ports"]] == ["grpc", "metrics"]
+    assert service["metadata"]["annotations"]["prometheus.io/port"] == "9400"
+    quiet = render(chart, {"metrics": {"scrapeAnnotations": False}, "service": {"annotations": {"a": "b"}}})
+    assert one(quiet, "Service")["metadata"]["annotations"] == {"a": "b"}
+    pod = ray_cluster(quiet)["spec"]["headGroupSpec"]["template"]["metadata"]["annotations"]
+    assert not any(k.startswith("prometheus.io/") for k in pod)
+
+
+@pytest.mark.parametrize("http_port", [8000, 0])
+def test_service_monitor_targets_the_metrics_port_of_the_service(chart, http_port):
+    assert "ServiceMonitor" not in kinds(render(chart))  # optional: off by default
+    values = {
+        "serve": {"httpPort": http_port},
+        "metrics": {"serviceMonitor": {"enabled": True, "interval": "30s", "labels": {"release": "prom"}}},
+    }
+    objects = render(chart, values)
+    monitor = one(objects, "ServiceMonitor")
+    service = one(objects, "Service")
+    (endpoint,) = monitor["spec"]["endpoints"]
+    assert endpoint["path"] == "/metrics" and endpoint["interval"] == "30s"
+    assert endpoint["port"] == ("http" if http_port else "metrics")
+    assert endpoint["port"] in {p["name"] for p in service["spec"]["ports"]}
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    assert monitor["spec"]["namespaceSelector"] == {"matchNames": [NAMESPACE]}
+    assert monitor["metadata"]["labels"]["release"] == "prom"
+    bad = copy.deepcopy(monitor)
+    bad["spec"]["endpoints"][0]["prot"] = "http"
+    with pytest.raises(AssertionError):
+        validate_object(bad, "test")
 
 
 def test_head_lets_kuberay_build_ray_start_but_runs_its_own_command(chart):

@@ -151,6 +151,11 @@ baton serve \
   --tls-cert /etc/baton/tls/{{ $v.tls.certKey }} \
   --tls-key /etc/baton/tls/{{ $v.tls.keyKey }}
 {{- end }}
+{{- if gt (int $v.serve.httpPort) 0 }} \
+  --http-port {{ int $v.serve.httpPort }}
+{{- else }} \
+  --metrics-port {{ int $v.metrics.port }}
+{{- end }}
 {{- range $v.serve.extraArgs }} \
   {{ include "baton.shellQuote" . }}
 {{- end }}
@@ -244,4 +249,21 @@ Call with (dict "params" <map> "gpus" <n> ["resource" <name> "capacity" <n>]).
 {{- $_ := set $out "resources" (printf "'%s'" (dict .resource (default 1000 .capacity) | toJson)) -}}
 {{- end -}}
 {{- toYaml $out -}}
+{{- end -}}
+
+
+{{/* The head pod's port serving /metrics: "http" when the HTTP API is on, else "metrics". */}}
+{{- define "baton.metricsPortName" -}}
+{{- if gt (int .Values.serve.httpPort) 0 -}}http{{- else -}}metrics{{- end -}}
+{{- end -}}
+
+{{- define "baton.metricsPort" -}}
+{{- if gt (int .Values.serve.httpPort) 0 -}}{{ int .Values.serve.httpPort }}{{- else -}}{{ int .Values.metrics.port }}{{- end -}}
+{{- end -}}
+
+{{/* Prometheus' conventional scrape annotations (pod and Service). */}}
+{{- define "baton.scrapeAnnotations" -}}
+prometheus.io/scrape: "true"
+prometheus.io/port: {{ include "baton.metricsPort" . | quote }}
+prometheus.io/path: /metrics
 {{- end -}}
