@@ -10,7 +10,8 @@ layout, no copy); its attention is baton's CPU kernel (``kernels.py``: reads eac
 columns in place, batch invariant) where it builds, torch ops otherwise. Prefill packs several
 prompts into one forward with no padding: the projections and MLP run on the concatenated real
 tokens and attention runs per prompt, causal (measured 2-3.6x faster here than one call with a
-block-diagonal mask over 256 packed tokens). bf16 weights are prepacked for oneDNN at load.
+block-diagonal mask over 256 packed tokens). bf16 weights are packed once at load for baton's GEMM
+(``kernels.bf16_linear``), or for oneDNN where that kernel cannot build.
 
 Compiled decode steps (``warmup``) are in ``compile.py``; the layer math is here.
 """
