@@ -111,7 +111,7 @@ def test_only_decode_worker_killed_run_exits_nonzero_with_completed_results(mode
             "ignore_eos": True,
             "arrival_s": 0.3,
         }
-        for i in range(5)
+        for i in range(30)  # one row: ~7500 decode steps, so the kill lands mid-run on a fast machine too
     ]
     code, rows, err = _baton_run(
         model_dir("llama"), tmp_path, short + long, ["--max-restarts", "0", "--max-batch-size", "1"], 1.5
