@@ -134,6 +134,10 @@ def add_ratios(rows: list[dict[str, Any]]) -> None:
         r["vs_best_vllm_goodput"] = r["goodput_req_s"] / g if g and not math.isnan(g) else math.nan
 
 
+def _ratio(x: float) -> str:
+    return "-" if math.isnan(x) else f"{x:.2f}x"  # no vLLM in the run: nothing to compare with
+
+
 def table(rows: list[dict[str, Any]]) -> list[str]:
     shown = []
     for r in rows:
@@ -141,9 +145,9 @@ def table(rows: list[dict[str, Any]]) -> list[str]:
             {
                 "system": r["system"],
                 "tok/s mean [min, max]": f"{r['tok_s_mean']:.1f} [{r['tok_s_min']:.1f}, {r['tok_s_max']:.1f}]",
-                "vs best vLLM": f"{r.get('vs_best_vllm_tok_s', math.nan):.2f}x",
+                "vs best vLLM": _ratio(r.get("vs_best_vllm_tok_s", math.nan)),
                 "goodput req/s": f"{r['goodput_req_s']:.2f}",
-                "vs best vLLM goodput": f"{r.get('vs_best_vllm_goodput', math.nan):.2f}x",
+                "vs best vLLM goodput": _ratio(r.get("vs_best_vllm_goodput", math.nan)),
                 "latency p50 / p99 s": f"{r['latency_p50_s']:.1f} / {r['latency_p99_s']:.1f}",
                 "TTFT p50 s": f"{r['ttft_p50_s']:.1f}",
                 "TPOT p50 ms": f"{r['tpot_p50_ms']:.0f}",
