@@ -69,6 +69,31 @@ def _cpu_tag() -> str:
     return hashlib.sha256("\n".join(keys).encode()).hexdigest()[:8]
 
 
+# torch's build lock is a file that a waiting process polls forever: a build killed mid-way (a
+# SIGKILLed worker, a cancelled job) leaves it behind and every later load would hang. A build takes
+# about a minute here, so a lock this old is stale.
+STALE_LOCK_S = 900.0
+_NAME = f"baton_kernels_v9_{_cpu_tag()}"  # -march=native: one build per CPU kind
+
+
+def clear_stale_lock(name: str = _NAME, max_age_s: float = STALE_LOCK_S) -> bool:
+    """Remove the build lock of ``name`` if it is older than ``max_age_s``; True if one was removed."""
+    from pathlib import Path
+
+    try:
+        from torch.utils.cpp_extension import _get_build_directory
+
+        lock = Path(_get_build_directory(name, verbose=False)) / "lock"
+        age = time.time() - lock.stat().st_mtime
+    except (OSError, ImportError):  # no lock (the usual case), or torch moved its helper
+        return False
+    if age <= max_age_s:
+        return False
+    log.warning("fast runtime: removing a stale kernel build lock (%.0f s old): %s", age, lock)
+    lock.unlink(missing_ok=True)
+    return True
+
+
 def _load() -> bool:
     """Build (first time on this machine, cached after) and load the kernel library."""
     global _loaded, _failed
@@ -78,8 +103,9 @@ def _load() -> bool:
                 from torch.utils.cpp_extension import load_inline
 
                 t0 = time.perf_counter()
+                clear_stale_lock()
                 load_inline(
-                    name=f"baton_kernels_v9_{_cpu_tag()}",  # -march=native: one build per CPU kind
+                    name=_NAME,
                     cpp_sources=[_attention_src.SOURCE, _gemm_src.SOURCE, _GLUE],
                     extra_cflags=["-O3", "-march=native", "-fopenmp"],
                     extra_ldflags=["-fopenmp"],
