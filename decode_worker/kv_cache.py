@@ -127,6 +127,17 @@ class BatonKVCache(Cache):
         v[:n, :, self.end : stop].copy_(value_states)
         return k[:n, :, self.start : stop], v[:n, :, self.start : stop]
 
+    def fused_window(self, rows: int, width: int) -> tuple[list[torch.Tensor], list[torch.Tensor], int, int]:
+        """For a forward that writes the buffers itself (the fast runtime's fused forward): the
+        per-layer buffers and the window ``[start, end)``; the new columns go at ``end``. Checked
+        like ``write_layer``."""
+        if rows != self.rows or width != self._pending:
+            raise RuntimeError(
+                f"cache write of {rows} rows x {width} columns does not match the batch "
+                f"({self.rows} rows, {self._pending} columns reserved)"
+            )
+        return self.keys, self.values, self.start, self.end
+
     def commit(self) -> None:
         """The forward finished: its columns become part of the window."""
         self.end += self._pending

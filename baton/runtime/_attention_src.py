@@ -100,7 +100,7 @@ static inline __m512 load16(const at::Half* p) {
 #endif
 
 
-#if defined(__AVX512BF16__)
+#if defined(__AVX512F__)
 // Lane sums of 16 vectors, as one vector (lane i = the sum of v[i]'s lanes). Each lane is summed by
 // the same tree whatever its position: (l0+l2)+(l1+l3) in each 128-bit quarter, then (q0+q1)+(q2+q3).
 static inline __m512 sum16(__m512* v) {
@@ -112,6 +112,78 @@ static inline __m512 sum16(__m512* v) {
   const __m512 x0 = _mm512_add_ps(_mm512_shuffle_f32x4(u[0], u[1], 0x88), _mm512_shuffle_f32x4(u[0], u[1], 0xDD));
   const __m512 x1 = _mm512_add_ps(_mm512_shuffle_f32x4(u[2], u[3], 0x88), _mm512_shuffle_f32x4(u[2], u[3], 0xDD));
   return _mm512_add_ps(_mm512_shuffle_f32x4(x0, x1, 0x88), _mm512_shuffle_f32x4(x0, x1, 0xDD));
+}
+#endif
+
+#if defined(__AVX512F__) && !defined(__AVX512BF16__)
+// Without AVX512-BF16: 32 bf16 values as two float32 vectors, the even-indexed and the odd-indexed
+// ones (a shift and a mask of one load). Dot products and weighted sums over head_dim then run in
+// that split order, which is fixed: the same for every query, column and batch.
+static inline void widen32(const at::BFloat16* p, __m512& even, __m512& odd) {
+  const __m512i raw = _mm512_loadu_si512(p);
+  even = _mm512_castsi512_ps(_mm512_slli_epi32(raw, 16));
+  odd = _mm512_castsi512_ps(_mm512_and_si512(raw, _mm512_set1_epi32(static_cast<int>(0xFFFF0000u))));
+}
+
+// Scores of G queries (float32, even/odd split, scale applied: qs[(j * NZ + z) * 2 + {0, 1}]) against
+// a row's real columns: 16 columns at a time widened once into kb (L1), then per query 16 dot products
+// summed across lanes by sum16; prefetches the K rows two blocks ahead. s[j * L + c] = q_j . k_cols[c].
+template <int G, int NV>
+static inline void scores_wide(const __m512* qs, const at::BFloat16* kr, int64_t ks2, const int64_t* cols,
+                               int64_t nc, float* s, int64_t L) {
+  constexpr int NZ = NV / 2;
+  __m512 kb[16][NZ][2];
+  for (int64_t c0 = 0; c0 < nc; c0 += 16) {
+    const int64_t n = std::min<int64_t>(16, nc - c0);
+    for (int64_t i = 0; i < n; ++i) {
+      const at::BFloat16* kl = kr + cols[c0 + i] * ks2;
+      if (c0 + 32 + i < nc) prefetch_row(kr + cols[c0 + 32 + i] * ks2, NV * 16);
+      for (int z = 0; z < NZ; ++z) widen32(kl + z * 32, kb[i][z][0], kb[i][z][1]);
+    }
+    for (int j = 0; j < G; ++j) {
+      __m512 a[16];
+      for (int i = 0; i < 16; ++i) {
+        a[i] = _mm512_setzero_ps();
+        if (i < n)
+          for (int z = 0; z < NZ; ++z) {
+            a[i] = _mm512_fmadd_ps(qs[(j * NZ + z) * 2], kb[i][z][0], a[i]);
+            a[i] = _mm512_fmadd_ps(qs[(j * NZ + z) * 2 + 1], kb[i][z][1], a[i]);
+          }
+      }
+      _mm512_mask_storeu_ps(s + j * L + c0, (__mmask16)((1u << n) - 1), sum16(a));
+    }
+  }
+}
+
+// o_j = sum_c p_j[c] v[c] over the real columns, in column order, even/odd split; the result in
+// head_dim order in acc[j * hd + d] (not yet divided by the softmax denominator).
+template <int G, int NV>
+static inline void weighted_wide(const float* s, int64_t L, const at::BFloat16* vr, int64_t vs2, const int64_t* cols,
+                                 int64_t nc, float* acc) {
+  constexpr int NZ = NV / 2;
+  __m512 o[G][NZ][2];
+  for (int j = 0; j < G; ++j)
+    for (int z = 0; z < NZ; ++z) o[j][z][0] = o[j][z][1] = _mm512_setzero_ps();
+  for (int64_t c = 0; c < nc; ++c) {
+    const at::BFloat16* vl = vr + cols[c] * vs2;
+    if (c + PF < nc) prefetch_row(vr + cols[c + PF] * vs2, NV * 16);
+    for (int z = 0; z < NZ; ++z) {
+      __m512 ve, vo;
+      widen32(vl + z * 32, ve, vo);
+      for (int j = 0; j < G; ++j) {
+        const __m512 pj = _mm512_set1_ps(s[j * L + c]);
+        o[j][z][0] = _mm512_fmadd_ps(pj, ve, o[j][z][0]);
+        o[j][z][1] = _mm512_fmadd_ps(pj, vo, o[j][z][1]);
+      }
+    }
+  }
+  const __m512i lo_idx = _mm512_set_epi32(23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+  const __m512i hi_idx = _mm512_set_epi32(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8);
+  for (int j = 0; j < G; ++j)
+    for (int z = 0; z < NZ; ++z) {  // interleave even/odd back into head_dim order
+      _mm512_storeu_ps(acc + j * NV * 16 + z * 32, _mm512_permutex2var_ps(o[j][z][0], lo_idx, o[j][z][1]));
+      _mm512_storeu_ps(acc + j * NV * 16 + z * 32 + 16, _mm512_permutex2var_ps(o[j][z][0], hi_idx, o[j][z][1]));
+    }
 }
 
 // bf16 scores of G queries (head_dim = NV * 16) against a row's real columns: products of bf16
@@ -183,6 +255,18 @@ static void run(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, c
         if constexpr (G > 0 && NV % 2 == 0 && std::is_same_v<T, at::BFloat16>) {
           scores_bf16<G, NV>(qr + p * hd, w * hd, kr, ks2, cols.data(), nc, static_cast<float>(scale), s.data(), L);
         } else
+#elif defined(__AVX512F__)
+        if constexpr (G > 0 && G <= 4 && NV % 2 == 0 && std::is_same_v<T, at::BFloat16>) {
+          __m512 qs[G > 0 ? G * NV : 1];
+          for (int j = 0; j < G; ++j)
+            for (int z = 0; z < NV / 2; ++z) {
+              widen32(qr + (j * w + p) * hd + z * 32, qs[(j * (NV / 2) + z) * 2], qs[(j * (NV / 2) + z) * 2 + 1]);
+              const __m512 sc = _mm512_set1_ps(static_cast<float>(scale));
+              qs[(j * (NV / 2) + z) * 2] = _mm512_mul_ps(qs[(j * (NV / 2) + z) * 2], sc);
+              qs[(j * (NV / 2) + z) * 2 + 1] = _mm512_mul_ps(qs[(j * (NV / 2) + z) * 2 + 1], sc);
+            }
+          scores_wide<G, NV>(qs, kr, ks2, cols.data(), nc, s.data(), L);
+        } else
 #endif
 #if defined(__AVX512F__)
         if (G > 0) {
@@ -220,6 +304,11 @@ static void run(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, c
           for (int e = 0; e < V; ++e) sum += lane[e];
           denom[j] = sum;
         }
+#if defined(__AVX512F__) && !defined(__AVX512BF16__)
+        if constexpr (G > 0 && G <= 4 && NV % 2 == 0 && std::is_same_v<T, at::BFloat16>) {
+          weighted_wide<G, NV>(s.data(), L, vr, vs2, cols.data(), nc, acc.data());
+        } else
+#endif
 #if defined(__AVX512F__)
         if (G > 0) {
           __m512 o[G > 0 ? G * NV : 1];

@@ -5,6 +5,9 @@ SOURCE = r"""
 #include <ATen/Parallel.h>
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
+#include <string>
+#include <vector>
 
 #if defined(__AVX512BF16__)
 #include <immintrin.h>
@@ -55,10 +58,133 @@ static inline void gemm_rows(const uint16_t* x, int64_t ldx, int64_t M, const ui
     default: break;
   }
 }
+#elif defined(__AVX512F__)
+#include <immintrin.h>
+
+// Without AVX512-BF16 (AVX-512 Foundation only): the same packed layout, each bf16 pair widened to
+// two float32 vectors in registers (a shift and a mask), then FMAs in float32. Per output the sum
+// runs over k = 0, 1, 2, ... in order, one FMA each, whatever M is and whichever of the two loops
+// below ran: batch invariant by construction, like the native path (whose bits differ from these).
+static inline __m256i f32_to_bf16(__m512 r) {  // round to nearest even; NaN stays a quiet NaN
+  const __m512i bits = _mm512_castps_si512(r);
+  const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
+  __m512i out = _mm512_add_epi32(bits, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7FFF)));
+  out = _mm512_mask_mov_epi32(out, _mm512_cmp_ps_mask(r, r, _CMP_UNORD_Q), _mm512_set1_epi32(0x7FC00000));
+  return _mm512_cvtepi32_epi16(_mm512_srli_epi32(out, 16));
+}
+
+template <int MR, int NR>
+static inline void store_tile(__m512 (&acc)[MR][NR], const float* b, uint16_t* y, int64_t ldy) {
+  for (int i = 0; i < MR; ++i)
+    for (int j = 0; j < NR; ++j) {
+      __m512 r = acc[i][j];
+      if (b) r = _mm512_add_ps(r, _mm512_loadu_ps(b + j * 16));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(y + i * ldy + j * 16), f32_to_bf16(r));
+    }
+}
+
+// Small M (decode): weights widened in registers as they stream by. x is float32 [M, K]. Per k-pair,
+// the NR weight vectors of k = 2 kk are widened (a shift), every row's FMAs run, then those of
+// k = 2 kk + 1 (a mask of the same bytes, re-read from L1): MR x NR accumulators + NR weights.
+// ``pf``: the next column group's weights, fetched into L2 while this tile streams its own (the
+// first tile of a group reads from memory).
+template <int MR, int NR>
+static inline void tile_emu(const float* x, int64_t ldx, const uint16_t* w, int64_t K2, const float* b,
+                            uint16_t* y, int64_t ldy, const uint16_t* pf) {
+  __m512 acc[MR][NR];
+  for (int i = 0; i < MR; ++i)
+    for (int j = 0; j < NR; ++j) acc[i][j] = _mm512_setzero_ps();
+  const int64_t block = K2 * 32;
+  const __m512i hi = _mm512_set1_epi32(static_cast<int>(0xFFFF0000u));
+  for (int64_t kk = 0; kk < K2; ++kk) {
+    __m512 wv[NR];
+    for (int j = 0; j < NR; ++j) {
+      if (pf) _mm_prefetch(reinterpret_cast<const char*>(pf + j * block + kk * 32), _MM_HINT_T1);
+      wv[j] = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_loadu_si512(w + j * block + kk * 32), 16));
+    }
+    for (int i = 0; i < MR; ++i) {
+      const __m512 xb = _mm512_set1_ps(x[i * ldx + 2 * kk]);
+      for (int j = 0; j < NR; ++j) acc[i][j] = _mm512_fmadd_ps(xb, wv[j], acc[i][j]);
+    }
+    for (int j = 0; j < NR; ++j)
+      wv[j] = _mm512_castsi512_ps(_mm512_and_si512(_mm512_loadu_si512(w + j * block + kk * 32), hi));
+    for (int i = 0; i < MR; ++i) {
+      const __m512 xb = _mm512_set1_ps(x[i * ldx + 2 * kk + 1]);
+      for (int j = 0; j < NR; ++j) acc[i][j] = _mm512_fmadd_ps(xb, wv[j], acc[i][j]);
+    }
+  }
+  store_tile<MR, NR>(acc, b, y, ldy);
+}
+
+// Large M (prefill): the column group widened once into a float32 panel [NR][K][16] that every row
+// tile reuses from cache. The same FMAs in the same order as tile_emu: the same bits.
+template <int MR, int NR>
+static inline void tile_panel(const float* x, int64_t ldx, const float* wf, int64_t K, const float* b,
+                              uint16_t* y, int64_t ldy) {
+  __m512 acc[MR][NR];
+  for (int i = 0; i < MR; ++i)
+    for (int j = 0; j < NR; ++j) acc[i][j] = _mm512_setzero_ps();
+  for (int64_t k = 0; k < K; ++k) {
+    __m512 wv[NR];
+    for (int j = 0; j < NR; ++j) wv[j] = _mm512_loadu_ps(wf + (j * K + k) * 16);
+    for (int i = 0; i < MR; ++i) {
+      const __m512 xb = _mm512_set1_ps(x[i * ldx + k]);
+      for (int j = 0; j < NR; ++j) acc[i][j] = _mm512_fmadd_ps(xb, wv[j], acc[i][j]);
+    }
+  }
+  store_tile<MR, NR>(acc, b, y, ldy);
+}
+
+constexpr int64_t PANEL_ROWS = 48;  // from this many rows on, widening the weights once pays
+
+template <int NR>
+static inline void gemm_rows_emu(const float* x, int64_t ldx, int64_t M, const uint16_t* w, int64_t K2,
+                                 const float* b, uint16_t* y, int64_t ldy, std::vector<float>& panel,
+                                 const uint16_t* pf) {
+  constexpr int MR = 8;  // 8 x 3 accumulators + 3 weight registers
+  const int64_t K = 2 * K2;
+  const float* wf = nullptr;
+  if (M >= PANEL_ROWS) {
+    if (panel.size() < static_cast<size_t>(NR * K * 16)) panel.resize(NR * K * 16);
+    const __m512i hi = _mm512_set1_epi32(static_cast<int>(0xFFFF0000u));
+    for (int j = 0; j < NR; ++j)
+      for (int64_t kk = 0; kk < K2; ++kk) {
+        const __m512i raw = _mm512_loadu_si512(w + j * K2 * 32 + kk * 32);
+        _mm512_storeu_ps(&panel[(j * K + 2 * kk) * 16], _mm512_castsi512_ps(_mm512_slli_epi32(raw, 16)));
+        _mm512_storeu_ps(&panel[(j * K + 2 * kk + 1) * 16], _mm512_castsi512_ps(_mm512_and_si512(raw, hi)));
+      }
+    wf = panel.data();
+  }
+  int64_t m = 0;
+  for (; m + MR <= M; m += MR) {
+    if (wf) tile_panel<MR, NR>(x + m * ldx, ldx, wf, K, b, y + m * ldy, ldy);
+    else tile_emu<MR, NR>(x + m * ldx, ldx, w, K2, b, y + m * ldy, ldy, m == 0 ? pf : nullptr);
+  }
+  const float* xm = x + m * ldx;
+  uint16_t* ym = y + m * ldy;
+  switch (M - m) {
+#define BATON_TAIL(R) \
+  case R: if (wf) tile_panel<R, NR>(xm, ldx, wf, K, b, ym, ldy); else tile_emu<R, NR>(xm, ldx, w, K2, b, ym, ldy, m == 0 ? pf : nullptr); break;
+    BATON_TAIL(1) BATON_TAIL(2) BATON_TAIL(3) BATON_TAIL(4) BATON_TAIL(5) BATON_TAIL(6) BATON_TAIL(7)
+#undef BATON_TAIL
+    default: break;
+  }
+}
 #endif
 
-static bool bf16_gemm_supported() {
+// "native" (AVX512-BF16), "avx512f" (bf16 widened to float32 in registers) or "" (not built).
+static std::string bf16_gemm_isa() {
 #if defined(__AVX512BF16__)
+  return "native";
+#elif defined(__AVX512F__)
+  return "avx512f";
+#else
+  return "";
+#endif
+}
+
+static bool bf16_gemm_supported() {
+#if defined(__AVX512BF16__) || defined(__AVX512F__)
   return true;
 #else
   return false;
@@ -75,41 +201,87 @@ static at::Tensor bf16_pack(at::Tensor w) {
   return full.view({NB, 16, K / 2, 2}).permute({0, 2, 1, 3}).contiguous();
 }
 
+// y[:, :NB*16] = x[M, K] @ packed W (+ bias, float32 padded to NB*16 columns, or null); x and y
+// bf16 with row strides ldx / ldy. The core of bf16_linear and of the fused forward.
+static void bf16_gemm(const uint16_t* x, int64_t ldx, int64_t M, int64_t K, const uint16_t* wp, int64_t NB,
+                      const float* bias, uint16_t* y, int64_t ldy) {
+  const int64_t K2 = K / 2;
+#if defined(__AVX512BF16__)
+  constexpr int64_t NR = 4;
+  at::parallel_for(0, (NB + NR - 1) / NR, 1, [&](int64_t g0, int64_t g1) {
+    for (int64_t g = g0; g < g1; ++g) {
+      const int64_t nb = g * NR;
+      const uint16_t* wg = wp + nb * K2 * 32;
+      const float* bg = bias ? bias + nb * 16 : nullptr;
+      uint16_t* yg = y + nb * 16;
+      switch (std::min<int64_t>(NR, NB - nb)) {
+        case 4: gemm_rows<4>(x, ldx, M, wg, K2, bg, yg, ldy); break;
+        case 3: gemm_rows<3>(x, ldx, M, wg, K2, bg, yg, ldy); break;
+        case 2: gemm_rows<2>(x, ldx, M, wg, K2, bg, yg, ldy); break;
+        default: gemm_rows<1>(x, ldx, M, wg, K2, bg, yg, ldy); break;
+      }
+    }
+  });
+#elif defined(__AVX512F__)
+  constexpr int64_t NR = 3;
+  // x widened once, into a buffer kept per thread (no allocation, zeroing or page faults per call).
+  thread_local std::vector<float> xbuf;
+  if (xbuf.size() < static_cast<size_t>(M * K)) xbuf.resize(M * K);
+  float* xf = xbuf.data();
+  for (int64_t m = 0; m < M; ++m) {
+    const uint16_t* xr = x + m * ldx;
+    float* xo = xf + m * K;
+    int64_t k = 0;
+    for (; k + 16 <= K; k += 16)
+      _mm512_storeu_ps(xo + k, _mm512_castsi512_ps(_mm512_slli_epi32(
+                                   _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(xr + k))), 16)));
+    for (; k < K; ++k) {
+      const uint32_t bits = static_cast<uint32_t>(xr[k]) << 16;
+      std::memcpy(xo + k, &bits, 4);
+    }
+  }
+  at::parallel_for(0, (NB + NR - 1) / NR, 1, [&](int64_t g0, int64_t g1) {
+    thread_local std::vector<float> panel;
+    for (int64_t g = g0; g < g1; ++g) {
+      const int64_t nb = g * NR;
+      const uint16_t* wg = wp + nb * K2 * 32;
+      const float* bg = bias ? bias + nb * 16 : nullptr;
+      uint16_t* yg = y + nb * 16;
+      const int64_t left = std::min<int64_t>(NR, NB - nb);
+      const uint16_t* pf = nb + NR < NB && NB - nb - NR >= NR ? wg + NR * K2 * 32 : nullptr;
+      switch (left) {
+        case 3: gemm_rows_emu<3>(xf, K, M, wg, K2, bg, yg, ldy, panel, pf); break;
+        case 2: gemm_rows_emu<2>(xf, K, M, wg, K2, bg, yg, ldy, panel, nullptr); break;
+        default: gemm_rows_emu<1>(xf, K, M, wg, K2, bg, yg, ldy, panel, nullptr); break;
+      }
+    }
+  });
+#else
+  TORCH_CHECK(false, "this build has no bf16 GEMM (needs AVX-512)");
+#endif
+}
+
+// bias (any float dtype, N values) as float32 padded to NP, or undefined.
+static at::Tensor padded_bias(const c10::optional<at::Tensor>& bias, int64_t N, int64_t NP) {
+  if (!bias.has_value() || !bias->defined()) return at::Tensor();
+  at::Tensor bf = at::zeros({NP}, bias->options().dtype(at::kFloat));
+  bf.narrow(0, 0, N).copy_(*bias);
+  return bf;
+}
+
 // x [M, K] bf16 @ packed W -> [M, N] bf16 (N = the unpacked weight's rows), + bias (any float dtype).
 static at::Tensor bf16_linear(at::Tensor x, at::Tensor wp, int64_t N, c10::optional<at::Tensor> bias) {
-  TORCH_CHECK(bf16_gemm_supported(), "this build has no AVX512-BF16 GEMM");
+  TORCH_CHECK(bf16_gemm_supported(), "this build has no bf16 GEMM (needs AVX-512)");
   TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kBFloat16, "x: [M, K] bfloat16");
   TORCH_CHECK(wp.dim() == 4 && wp.size(2) == 16 && wp.size(3) == 2, "w: packed [N/16, K/2, 16, 2]");
   x = x.contiguous();
   const int64_t M = x.size(0), K = x.size(1), NB = wp.size(0), K2 = wp.size(1), NP = NB * 16;
   TORCH_CHECK(K == 2 * K2 && N <= NP && N > NP - 16, "x / w / N: shapes do not match");
   auto y = at::empty({M, NP}, x.options());
-  at::Tensor bf;
-  if (bias.has_value() && bias->defined()) {
-    bf = at::zeros({NP}, x.options().dtype(at::kFloat));
-    bf.narrow(0, 0, N).copy_(*bias);
-  }
-#if defined(__AVX512BF16__)
-  const float* bp = bf.defined() ? bf.data_ptr<float>() : nullptr;
-  const uint16_t* xp = reinterpret_cast<const uint16_t*>(x.data_ptr<at::BFloat16>());
-  const uint16_t* wpp = reinterpret_cast<const uint16_t*>(wp.data_ptr<at::BFloat16>());
-  uint16_t* yp = reinterpret_cast<uint16_t*>(y.data_ptr<at::BFloat16>());
-  constexpr int64_t NR = 4;
-  at::parallel_for(0, (NB + NR - 1) / NR, 1, [&](int64_t g0, int64_t g1) {
-    for (int64_t g = g0; g < g1; ++g) {
-      const int64_t nb = g * NR;
-      const uint16_t* wg = wpp + nb * K2 * 32;
-      const float* bg = bp ? bp + nb * 16 : nullptr;
-      uint16_t* yg = yp + nb * 16;
-      switch (std::min<int64_t>(NR, NB - nb)) {
-        case 4: gemm_rows<4>(xp, K, M, wg, K2, bg, yg, NP); break;
-        case 3: gemm_rows<3>(xp, K, M, wg, K2, bg, yg, NP); break;
-        case 2: gemm_rows<2>(xp, K, M, wg, K2, bg, yg, NP); break;
-        default: gemm_rows<1>(xp, K, M, wg, K2, bg, yg, NP); break;
-      }
-    }
-  });
-#endif
+  const at::Tensor bf = padded_bias(bias, N, NP);
+  bf16_gemm(reinterpret_cast<const uint16_t*>(x.data_ptr<at::BFloat16>()), K, M, K,
+            reinterpret_cast<const uint16_t*>(wp.data_ptr<at::BFloat16>()), NB,
+            bf.defined() ? bf.data_ptr<float>() : nullptr, reinterpret_cast<uint16_t*>(y.data_ptr<at::BFloat16>()), NP);
   return NP == N ? y : y.narrow(1, 0, N).contiguous();
 }
 """

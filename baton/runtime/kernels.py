@@ -9,12 +9,15 @@ in the buffer (batch invariance), for float32 and bfloat16 alike. It covers deco
 column per row and ``orca`` steps of several (causal among the new columns), for head sizes that
 are a multiple of 16.
 
-GEMM (CPUs with AVX512-BF16). ``bf16_linear`` multiplies bf16 activations by weights packed once
-at load in the layout ``VDPBF16PS`` reads; each output is one accumulator lane summing ``K`` in
-order, so a row's result does not depend on how many rows share the call (oneDNN's does below 7
-rows), and at the 1-16 rows of a decode step it runs 1.1-1.6x faster than oneDNN over prepacked
-weights (memory-bound rows stream the weights at DRAM speed; 8 rows and more run at this CPU's
-bf16 peak). Numbers: BENCHMARKS.md, "Fast model runtime".
+GEMM (CPUs with AVX-512). ``bf16_linear`` multiplies bf16 activations by weights packed once at
+load in the layout ``VDPBF16PS`` reads; each output is one accumulator lane summing ``K`` in order,
+so a row's result does not depend on how many rows share the call (oneDNN's does below 7 rows).
+With AVX512-BF16 the pairs go through ``VDPBF16PS`` (1.1-1.6x oneDNN at the 1-16 rows of a decode
+step on an AMD EPYC); with AVX-512 Foundation only (``bf16_gemm_isa() == "avx512f"``: e.g. a Xeon
+whose hypervisor hides AVX512-BF16 and AMX) each pair is widened to float32 in registers and summed
+by FMAs, which still reads half the bytes of a float32 GEMM: ~2x MKL's float32 GEMM at decode
+shapes there, where oneDNN's emulated bf16 runs ~5x slower than float32. Numbers: BENCHMARKS.md,
+"Fast model runtime".
 
 Both are compiled into one library with ``torch.utils.cpp_extension`` the first time a machine
 needs it (~40-60 s on 2 cores, then cached in ``$TORCH_EXTENSIONS_DIR``, by default
@@ -30,7 +33,7 @@ import time
 
 import torch
 
-from baton.runtime import _attention_src, _gemm_src
+from baton.runtime import _attention_src, _forward_src, _gemm_src
 
 log = logging.getLogger("baton.runtime")
 
@@ -38,16 +41,25 @@ _GLUE = r"""
 TORCH_LIBRARY(baton_kernels, m) {
   m.def("decode_attention(Tensor q, Tensor k, Tensor v, Tensor mask, int w, float scale) -> Tensor");
   m.def("bf16_gemm_supported() -> bool");
+  m.def("bf16_gemm_isa() -> str");
   m.def("bf16_pack(Tensor w) -> Tensor");
   m.def("bf16_linear(Tensor x, Tensor w, int n, Tensor? bias) -> Tensor");
+  m.def("fused_decode(Tensor ids, Tensor pos, Tensor last, Tensor embed, Tensor cos, Tensor sin, Tensor?[] weights, "
+        "Tensor norm, Tensor? head, int[] dims, float eps, float scale, Tensor[] keys, Tensor[] values, int start, "
+        "int end, int rows, int width, Tensor mask) -> Tensor");
+  m.def("fused_prefill(Tensor ids, Tensor pos, Tensor last, Tensor embed, Tensor cos, Tensor sin, Tensor?[] weights, "
+        "Tensor norm, Tensor? head, int[] dims, float eps, float scale, Tensor[] kvs, int[] bounds) -> Tensor");
 }
 TORCH_LIBRARY_IMPL(baton_kernels, CPU, m) {
   m.impl("decode_attention", &decode_attention);
   m.impl("bf16_pack", &bf16_pack);
   m.impl("bf16_linear", &bf16_linear);
+  m.impl("fused_decode", &fused_decode);
+  m.impl("fused_prefill", &fused_prefill);
 }
 TORCH_LIBRARY_IMPL(baton_kernels, CompositeExplicitAutograd, m) {
   m.impl("bf16_gemm_supported", &bf16_gemm_supported);
+  m.impl("bf16_gemm_isa", &bf16_gemm_isa);
 }
 """
 
@@ -73,7 +85,7 @@ def _cpu_tag() -> str:
 # SIGKILLed worker, a cancelled job) leaves it behind and every later load would hang. A build takes
 # about a minute here, so a lock this old is stale.
 STALE_LOCK_S = 900.0
-_NAME = f"baton_kernels_v9_{_cpu_tag()}"  # -march=native: one build per CPU kind
+_NAME = f"baton_kernels_v16_{_cpu_tag()}"  # -march=native: one build per CPU kind
 
 
 def clear_stale_lock(name: str = _NAME, max_age_s: float = STALE_LOCK_S) -> bool:
@@ -106,7 +118,7 @@ def _load() -> bool:
                 clear_stale_lock()
                 load_inline(
                     name=_NAME,
-                    cpp_sources=[_attention_src.SOURCE, _gemm_src.SOURCE, _GLUE],
+                    cpp_sources=[_attention_src.SOURCE, _gemm_src.SOURCE, _forward_src.SOURCE, _GLUE],
                     extra_cflags=["-O3", "-march=native", "-fopenmp"],
                     extra_ldflags=["-fopenmp"],
                     is_python_module=False,
@@ -139,8 +151,14 @@ def decode_attention(
 
 
 def bf16_gemm_available(device: torch.device) -> bool:
-    """Whether ``bf16_linear`` runs on ``device`` (a CPU with AVX512-BF16; builds the library)."""
+    """Whether ``bf16_linear`` runs on ``device`` (a CPU with AVX-512; builds the library)."""
     return device.type == "cpu" and _load() and bool(torch.ops.baton_kernels.bf16_gemm_supported())
+
+
+def bf16_gemm_isa() -> str:
+    """How the bf16 GEMM computes here: "native" (AVX512-BF16 dot products), "avx512f" (bf16
+    widened to float32 in registers, float32 FMAs) or "" (not built)."""
+    return str(torch.ops.baton_kernels.bf16_gemm_isa()) if _load() else ""
 
 
 def bf16_pack(w: torch.Tensor) -> torch.Tensor:
@@ -151,3 +169,45 @@ def bf16_pack(w: torch.Tensor) -> torch.Tensor:
 def bf16_linear(x: torch.Tensor, packed: torch.Tensor, n: int, bias: torch.Tensor | None) -> torch.Tensor:
     """``x [M, K] @ W.T + bias`` -> ``[M, n]`` bf16 for a weight ``W [n, K]`` packed by ``bf16_pack``."""
     return torch.ops.baton_kernels.bf16_linear(x, packed, n, bias)
+
+
+def fused_decode(
+    ids: torch.Tensor,
+    pos: torch.Tensor,
+    last: torch.Tensor,
+    keys: list[torch.Tensor],
+    values: list[torch.Tensor],
+    start: int,
+    end: int,
+    rows: int,
+    width: int,
+    mask: torch.Tensor | None,
+    model: dict,
+) -> torch.Tensor:
+    """A whole decode forward of ``rows x width`` new tokens (flat ``ids``/``pos``, token
+    ``r * width + p``) over cache buffers ``[max_rows, kv_heads, capacity, hd]`` per layer: K/V
+    written at columns ``end..end+width-1``, attention over ``[start, end + width)`` with ``mask``
+    (``[rows, width, L]`` bool, or None: every column). ``model``: ``LlamaModel.fused_args()``.
+    Returns bf16 logits ``[len(last), vocab]``."""
+    m = torch.empty(0, dtype=torch.bool) if mask is None else mask
+    return torch.ops.baton_kernels.fused_decode(
+        ids, pos, last, model["embed"], model["cos"], model["sin"], model["weights"], model["norm"],
+        model["head"], model["dims"], model["eps"], model["scale"], keys, values, start, end, rows, width, m,
+    )  # fmt: skip
+
+
+def fused_prefill(
+    ids: torch.Tensor,
+    pos: torch.Tensor,
+    last: torch.Tensor,
+    kvs: list[torch.Tensor],
+    bounds: list[int],
+    model: dict,
+) -> torch.Tensor:
+    """A whole packed-prefill forward: prompt ``i`` is tokens ``bounds[i]:bounds[i + 1]``, attends to
+    itself causally, and its K/V are written into ``kvs[i]`` ``[layers, 2, kv_heads, len, hd]``.
+    Returns bf16 logits ``[len(last), vocab]``."""
+    return torch.ops.baton_kernels.fused_prefill(
+        ids, pos, last, model["embed"], model["cos"], model["sin"], model["weights"], model["norm"],
+        model["head"], model["dims"], model["eps"], model["scale"], kvs, bounds,
+    )  # fmt: skip

@@ -359,6 +359,35 @@ class LlamaModel(nn.Module):
             self.lm_head = _pack(self.lm_head, self.gemm)  # tied: the embedding stays for the lookup
             weakref.finalize(self, _unpack_all, [*ptrs, self.lm_head.data_ptr()])
 
+    def fused_args(self) -> dict[str, Any]:
+        """The model as ``kernels.fused_decode`` / ``fused_prefill`` take it (12 tensors per layer:
+        norms, packed weights, biases as float32 padded to the packed width). Built once, cached."""
+        if getattr(self, "_fused", None) is None:
+            s = self.spec
+
+            def packed(w: nn.Parameter | None) -> torch.Tensor | None:
+                return None if w is None else _PACKED[w.data_ptr()][1]
+
+            def bias(bv: nn.Parameter | None, w: nn.Parameter) -> torch.Tensor | None:
+                if bv is None:
+                    return None
+                cols = _PACKED[w.data_ptr()][1].shape[0] * 16
+                return F.pad(bv.detach().float(), (0, cols - bv.shape[0])).contiguous()
+
+            weights: list[torch.Tensor | None] = []
+            for ly in self.layers:
+                weights += [
+                    ly.ln1, packed(ly.wqkv), bias(ly.bqkv, ly.wqkv), packed(ly.wo), bias(ly.bo, ly.wo),
+                    ly.qn, ly.kn, ly.ln2, packed(ly.wgu), bias(ly.bgu, ly.wgu), packed(ly.wd), bias(ly.bd, ly.wd),
+                ]  # fmt: skip
+            dims = [s.hidden_size, s.num_heads, s.num_kv_heads, s.head_dim, s.intermediate_size, s.vocab_size]
+            self._fused = {
+                "embed": self.embed.detach(), "cos": self.cos, "sin": self.sin,
+                "weights": [None if w is None else w.detach() for w in weights], "norm": self.norm.detach(),
+                "head": packed(self.lm_head), "dims": dims, "eps": s.rms_norm_eps, "scale": s.head_dim**-0.5,
+            }  # fmt: skip
+        return self._fused
+
     def forward(self, ids: torch.Tensor, pos: torch.Tensor, last: torch.Tensor | None, attend, layer_fn=None):
         """Tokens ``ids``/``pos`` (flat ``[T]``) -> logits ``[len(last), vocab]`` (all tokens if None).
 
@@ -472,8 +501,13 @@ class FastRuntime:
         # Decode attention by baton's CPU kernel where it builds (batch invariant, reads the window
         # in place); torch ops otherwise. Settable (tests compare the two).
         self.attention_kernel = kernels.available(device, self.spec.head_dim)
+        # The whole forward in one C++ call (``kernels.fused_decode`` / ``fused_prefill``) where the
+        # weights are in baton's bf16 layout and the attention kernel built; settable (tests compare
+        # it with the layer-by-layer forward, which stays the path for float32 and elsewhere).
+        self.fused = dtype == torch.bfloat16 and model.gemm == "baton" and self.attention_kernel
         self.compiled: Any = None  # baton.runtime.compile.CompiledDecode once warmed up
         self.compile_s = 0.0
+        self.fused_calls = 0  # forwards run by the fused C++ forward (tests assert the path ran)
         self._warm_lock = threading.Lock()
 
     @classmethod
@@ -499,6 +533,11 @@ class FastRuntime:
         ends = list(itertools.accumulate(lens))
         shape = (s.num_layers, 2, s.num_kv_heads)
         kvs = [torch.empty((*shape, n, s.head_dim), dtype=self.dtype, device=dev) for n in lens]
+        if self.fused:
+            last = torch.tensor(ends, device=dev) - 1
+            logits = kernels.fused_prefill(ids, pos, last, kvs, [0, *ends], self.model.fused_args())
+            self.fused_calls += 1
+            return kvs, logits
         bounds = [(e - n, e) for e, n in zip(ends, lens, strict=True)]
         g = s.groups
 
@@ -532,6 +571,13 @@ class FastRuntime:
         pos = step.position_ids.reshape(-1).to(self.device)
         if self.compiled is not None and width == 1 and self.compiled.covers(rows):
             return self.compiled(st, ids, pos)
+        if self.fused:
+            keys, values, start, end = cache.fused_window(rows, width)
+            last = torch.arange(rows, device=self.device) * width + (width - 1)
+            self.fused_calls += 1
+            return kernels.fused_decode(
+                ids, pos, last, keys, values, start, end, rows, width, mask, self.model.fused_args()
+            )
         last = None if width == 1 else torch.arange(rows, device=self.device) * width + (width - 1)
         return self.model(ids, pos, last, lambda i, q, k, v: attend_decode(st, int(i), q, k, v))
 
@@ -564,4 +610,6 @@ class FastRuntime:
             "attention_kernel": self.attention_kernel,
             "packed_weights": self.model.packed,
             "gemm": self.model.gemm,
+            "gemm_isa": kernels.bf16_gemm_isa() if self.model.gemm == "baton" else "",
+            "forward": "compiled" if c is not None and c.buckets else "fused" if self.fused else "layers",
         }

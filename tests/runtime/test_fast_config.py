@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from baton.core.errors import ModelError
-from baton.core.models import cpu_has_fast_bf16, load_model, resolve_dtype
+from baton.core.models import cpu_has_avx512, cpu_has_fast_bf16, load_model, resolve_dtype
 from baton.runtime.llama import LlamaSpec
 
 
@@ -62,8 +62,15 @@ def test_spec_reads_the_family_fields(model_dir, variant_dir):
     assert v.tie_word_embeddings and v.qkv_bias and v.o_bias and v.mlp_bias and v.rope_type == "llama3"
 
 
+def _bf16_kernels() -> bool:
+    """Where dtype auto is bfloat16 on the CPU: baton's bf16 kernels run (AVX512-BF16/AMX, or AVX-512)."""
+    from baton.runtime import kernels
+
+    return (cpu_has_fast_bf16() or cpu_has_avx512()) and kernels.bf16_gemm_available(torch.device("cpu"))
+
+
 def test_dtype_auto_rule():
-    bf16_cpu = cpu_has_fast_bf16()
+    bf16_cpu = _bf16_kernels()
     assert resolve_dtype("auto", "cpu", "fast") == (torch.bfloat16 if bf16_cpu else torch.float32)
     assert resolve_dtype("auto", "cpu", "hf") == torch.float32  # eager transformers bf16 is slower here
     assert resolve_dtype("auto", "cpu") == torch.float32
@@ -73,7 +80,7 @@ def test_dtype_auto_rule():
 
 def test_auto_dtype_of_a_loaded_model(model_dir):
     lm = load_model(str(model_dir("llama")))  # runtime auto -> fast; dtype auto
-    want = "bfloat16" if cpu_has_fast_bf16() else "float32"
+    want = "bfloat16" if _bf16_kernels() else "float32"
     assert lm.runtime.name == "fast" and lm.dtype_name == want
     assert lm.describe()["compiled"] is False  # compiling happens at warm-up (DecodeBatch), not at load
 
