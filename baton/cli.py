@@ -123,6 +123,13 @@ def _add_cluster_args(p: argparse.ArgumentParser) -> None:
         help="times a request whose worker died is prefilled again (migrated) before it fails",
     )
     g.add_argument(
+        "--no-share-cores",
+        dest="share_cores",
+        action="store_false",
+        help="keep each worker's threads fixed (by default a prefill and a decode worker alone on one "
+        "CPU node borrow each other's cores while the other has no work)",
+    )
+    g.add_argument(
         "--local",
         action="store_true",
         help="run policy baton in this process (prefill on a thread) instead of on Ray actors",
@@ -155,6 +162,7 @@ def cluster_config(args: argparse.Namespace):
         max_queue=args.max_queue,
         max_restarts=args.max_restarts,
         max_request_retries=args.max_request_retries,
+        share_cores=args.share_cores,
         prefill_num_cpus=args.prefill_num_cpus,
         decode_num_cpus=args.decode_num_cpus,
         prefill_num_gpus=gpus if args.prefill_num_gpus is None else args.prefill_num_gpus,

@@ -30,7 +30,7 @@ from baton.core.errors import BatonError
 from baton.core.handoff import HandoffHeader
 from baton.core.logs import access_line
 from baton.core.messages import EventBatch, PrefillResult, Stamps, StepEvents, Timings
-from baton.core.policy import prefill_budget, prefill_take
+from baton.core.policy import CoreShare, core_shares, prefill_budget, prefill_take
 from baton.core.request import Completion, Request
 from cluster.metrics import NullObserver
 from cluster.workers import DEAD, LIVE, RESTARTING, STARTING, Worker, actor_gone, object_lost, unavailable
@@ -116,6 +116,17 @@ class Router:
         self.migrations = 0  # requests re-prefilled after a worker died
         self._ids = itertools.count()
         self.closed = False
+        # Prefill/decode pairs alone on a CPU node lend each other idle cores (baton.core.policy).
+        self.shares: list[CoreShare] = []
+        if cfg.share_cores and not cfg.device.startswith("cuda"):
+            self.shares = core_shares(
+                [
+                    (w.worker_id, w.role, info.get("node_id", ""), int(info.get("threads", 1)))
+                    for w in self.prefill + self.decode
+                    if (info := self.infos.get(w.worker_id)) is not None
+                ]
+            )
+        self.lent_calls = 0  # prefill calls that ran on an idle decode worker's cores too
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -341,16 +352,63 @@ class Router:
                 )
                 batch = [self.waiting.popleft() for _ in range(count)]
                 tokens = sum(st.work_len for st in batch)
+                threads = self._prefill_threads(w)
                 w.outstanding_tokens += tokens
                 w.calls += 1
                 self.in_prefill += len(batch)
-                self.spawn(self._run_prefill(w, batch, tokens))
+                self.spawn(self._run_prefill(w, batch, tokens, threads))
+            self._share_cores()
 
-    async def _run_prefill(self, w: Worker, batch: list[RequestState], tokens: int) -> None:
+    # ------------------------------------------------------------------ shared cores
+    def _share(self, worker_id: str) -> tuple[CoreShare, Worker, Worker] | None:
+        for s in self.shares:
+            if worker_id in (s.prefill_id, s.decode_id):
+                p = next(w for w in self.prefill if w.worker_id == s.prefill_id)
+                d = next(w for w in self.decode if w.worker_id == s.decode_id)
+                return s, p, d
+        return None
+
+    def _prefill_threads(self, w: Worker) -> int:
+        """Threads of the call about to go to ``w``: its own, plus its decode partner's when that one
+        holds no row and nothing is on its way to it (0: the worker's own, unchanged)."""
+        found = self._share(w.worker_id)
+        if found is None:
+            return 0
+        share, _, d = found
+        decode_idle = d.live and d.assigned == 0 and not self.pending
+        n = share.prefill_threads(decode_idle, prefill_busy=w.calls > 0)
+        if n == share.prefill_cpus:
+            return 0
+        self.lent_calls += 1
+        return n
+
+    def _share_cores(self) -> None:
+        """Give each decode worker its prefill partner's cores while that partner has no call in
+        flight; take them back when a call goes out (applied at the worker's next step)."""
+        for share in self.shares:
+            found = self._share(share.decode_id)
+            if found is None:
+                continue
+            _, p, d = found
+            if not d.live:
+                continue
+            want = share.decode_threads(prefill_busy=p.live and p.calls > 0)
+            if want != (d.threads or share.decode_cpus):
+                d.threads = want
+                log.debug("decode worker %s: %d threads", d.worker_id, want)
+                self.spawn(self._set_threads(d, want))
+
+    async def _set_threads(self, d: Worker, threads: int) -> None:
+        try:
+            await d.handle.set_threads.remote(threads)
+        except Exception as e:  # the worker is gone: its pump notices and handles it
+            log.debug("decode worker %s: set_threads failed: %s", d.worker_id, e)
+
+    async def _run_prefill(self, w: Worker, batch: list[RequestState], tokens: int, threads: int = 0) -> None:
         for st in batch:
             st.prefill_worker = w.worker_id
         try:
-            results = await w.handle.prefill.remote([st.work() for st in batch])
+            results = await w.handle.prefill.remote([st.work() for st in batch], threads)
         except Exception as e:
             results = None
             if actor_gone(e):  # the worker died: these requests go to another (or the restarted) one

@@ -35,6 +35,7 @@ class Worker:
     state: str = STARTING
     restarts: int = 0  # restarts this router has seen begin
     epoch: int = 0  # bumped when the worker is lost: answers from before that are stale
+    threads: int = 0  # decode: the torch threads last asked of it (cores lent by a prefill worker)
 
     @property
     def live(self) -> bool:
@@ -69,6 +70,7 @@ class Worker:
         self.epoch += 1
         self.assigned = 0
         self.load = None
+        self.threads = 0  # a restarted actor starts with its own threads
 
     def row(self) -> dict:
         """This worker's line in ``server_info``: a worker that is not live reports no rows."""

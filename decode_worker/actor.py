@@ -59,6 +59,10 @@ class DecodeWorker:
     def abort(self, request_id: str) -> None:
         self.loop.abort(request_id)
 
+    def set_threads(self, threads: int) -> None:
+        """Torch threads of the step loop from its next step on (the router lends it idle cores)."""
+        self.loop.set_threads(threads)
+
     def events(self, timeout: float = 0.5) -> EventBatch:
         """Long poll: every step's tokens for all rows since the last call."""
         return self.loop.drain(timeout)

@@ -86,6 +86,8 @@ class DecodeLoop:
         self._events: list[StepEvents] = []
         self._stop = threading.Event()
         self._error: str | None = None
+        self._threads = 0  # wanted torch threads of the loop thread (0: as configured)
+        self._threads_now = 0
         self._thread = threading.Thread(target=self._run, name=f"decode-{worker_id}", daemon=True)
         self._thread.start()
 
@@ -99,6 +101,11 @@ class DecodeLoop:
         with self._cond:
             self._aborts.add(request_id)
             self._cond.notify_all()
+
+    def set_threads(self, threads: int) -> None:
+        """Run steps on ``threads`` torch threads from the next one on (applied by the loop thread:
+        the count is per thread)."""
+        self._threads = max(1, int(threads))
 
     def drain(self, timeout: float) -> EventBatch:
         """Wait up to ``timeout`` s for events; return them with the worker's load."""
@@ -218,6 +225,11 @@ class DecodeLoop:
         s.insert_ms += (time.perf_counter() - t0) * 1e3
 
     def _step(self, ev: _StepBuilder) -> None:
+        if self._threads and self._threads != self._threads_now:
+            from baton.core.threads import set_thread_count
+
+            set_thread_count(self._threads)
+            self._threads_now = self._threads
         t0 = time.perf_counter()
         res = self.batch.step()
         self.stats.record(res, (time.perf_counter() - t0) * 1e3)

@@ -13,7 +13,7 @@ import torch
 from baton.core.config import ServingConfig
 from baton.core.messages import PrefillResult
 from baton.core.request import Request
-from baton.core.threads import configure_threads
+from baton.core.threads import configure_threads, set_thread_count
 
 
 class PrefillWorker:
@@ -47,12 +47,19 @@ class PrefillWorker:
             **self.lm.describe(),
         }
 
-    def prefill(self, requests: list[Request]) -> list[PrefillResult]:
+    def prefill(self, requests: list[Request], threads: int = 0) -> list[PrefillResult]:
         """Prefill a batch; each query's KV array is put in the object store by this worker.
 
-        The caller (the router) gets references only, never the KV bytes.
+        The caller (the router) gets references only, never the KV bytes. ``threads`` > 0: run this
+        call on that many threads (the router lends it an idle decode worker's cores), then go back.
         """
+        old = set_thread_count(threads) if threads > 0 else None
+        try:
+            handoffs = self.engine.prefill(requests)
+        finally:
+            if old is not None:
+                set_thread_count(old)
         return [
             PrefillResult(h.header_bytes, [ray.put(h.kv)] if h.kv is not None else None, h.nbytes)
-            for h in self.engine.prefill(requests)
+            for h in handoffs
         ]

@@ -10,7 +10,8 @@ baton variant to the best vLLM setting.
         [--requests 64] [--repeats 3] [--systems baton:1+1,baton:1+2,vllm:float32,vllm:bfloat16]
 
 System names: ``baton:P+D`` is baton on a local Ray cluster with a prefill worker of P CPUs and a
-decode worker of D CPUs (their torch threads; P+D above the machine's cores oversubscribes),
+decode worker of D CPUs (their torch threads; P+D above the machine's cores oversubscribes; each
+borrows the other's cores while the other is idle, ``baton:P+D/fixed`` keeps them fixed),
 ``baton-local`` the in-process engine (prefill thread + decode loop), ``orca``/``colocated``/``static``
 the in-process baselines, ``vllm:DTYPE`` vLLM's CPU build (eager) in its own venv.
 """
@@ -76,8 +77,13 @@ def system_config(name: str, base: BenchConfig) -> tuple[str, BenchConfig]:
     if kind == "vllm":
         return "vllm", replace(base, vllm_dtype=arg or "float32")
     if kind == "baton" and arg:
-        p, _, d = arg.partition("+")
-        return "baton", replace(base, prefill_cpus=float(p), decode_cpus=float(d))
+        split, _, mode = arg.partition("/")
+        p, _, d = split.partition("+")
+        if mode not in ("", "fixed"):
+            raise ValueError(f"systems: {name!r}: the only mode after '/' is 'fixed'")
+        return "baton", replace(
+            base, prefill_cpus=float(p), decode_cpus=float(d), share_cores=mode != "fixed"
+        )
     return kind, base
 
 

@@ -48,6 +48,7 @@ class BenchConfig:
     log_path: str | None = None  # the vLLM subprocess's log
     prefill_cpus: float = 1.0  # baton on Ray: CPUs (torch threads) of the prefill and decode worker
     decode_cpus: float = 1.0
+    share_cores: bool = True  # baton on Ray: the two workers lend each other idle cores
     runtime: str = "auto"  # baton's runtime and dtype on Ray
     dtype: str = "auto"
 
@@ -140,6 +141,7 @@ class BatonRay(System):
                 decode_workers=1,
                 prefill_num_cpus=cfg.prefill_cpus,
                 decode_num_cpus=cfg.decode_cpus,
+                share_cores=cfg.share_cores,
                 runtime=cfg.runtime,
                 dtype=cfg.dtype,
                 max_batch_size=cfg.max_batch_size,

@@ -99,6 +99,9 @@ class ClusterConfig(ServingConfig):
     restart_timeout_s: float = 120.0
     max_request_retries: int = 3
     ping_interval_s: float = 1.0  # idle prefill workers are pinged this often (their death is noticed)
+    # A prefill and a decode worker alone on one CPU node borrow each other's cores while the other
+    # is idle (baton.core.policy.CoreShare); off: fixed threads.
+    share_cores: bool = True
 
     def __post_init__(self) -> None:
         super().__post_init__()

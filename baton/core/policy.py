@@ -83,3 +83,46 @@ def plan_prefill(prompt_lens: Sequence[int], max_tokens: int, padded: bool = Tru
         sizes.append(n)
         i += n
     return sizes
+
+
+# ---------------------------------------------------------------------------------------------- cores
+@dataclass(frozen=True)
+class CoreShare:
+    """One prefill and one decode worker on the same CPU node: each may borrow the other's cores
+    while the other has nothing to do, so no core idles while work waits (on a 2-core machine a
+    1 + 1 split leaves a core idle whenever one side has no work: the decode side at the start of
+    a burst, the prefill side in its tail and between arrivals).
+
+    - A prefill call borrows the decode worker's cores when, at dispatch, the decode worker holds no
+      row and nothing is on its way to it, and no other call of this prefill worker is in flight (so
+      nothing can reach the decode side while the call runs: its rows come from prefills).
+    - The decode worker borrows the prefill worker's cores while that worker has no call in flight.
+      When a call is dispatched the cores go back at the decode worker's next step (one step of
+      overlap at most): a decode step never waits for a prefill.
+    """
+
+    prefill_id: str
+    decode_id: str
+    prefill_cpus: int
+    decode_cpus: int
+
+    def prefill_threads(self, decode_idle: bool, prefill_busy: bool) -> int:
+        return self.prefill_cpus + (self.decode_cpus if decode_idle and not prefill_busy else 0)
+
+    def decode_threads(self, prefill_busy: bool) -> int:
+        return self.decode_cpus + (0 if prefill_busy else self.prefill_cpus)
+
+
+def core_shares(workers: Sequence[tuple[str, str, str, int]]) -> list[CoreShare]:
+    """Pairs of (prefill, decode) workers that share a node: ``workers`` are (worker_id, role,
+    node_id, cpus). Only a node with exactly one prefill and one decode worker shares (with more,
+    who lends to whom is not one obvious answer; those nodes keep fixed threads)."""
+    nodes: dict[str, dict[str, list[tuple[str, int]]]] = {}
+    for wid, role, node, cpus in workers:
+        nodes.setdefault(node, {"prefill": [], "decode": []})[role].append((wid, cpus))
+    shares = []
+    for roles in nodes.values():
+        if len(roles["prefill"]) == 1 and len(roles["decode"]) == 1:
+            (p, pc), (d, dc) = roles["prefill"][0], roles["decode"][0]
+            shares.append(CoreShare(p, d, max(1, pc), max(1, dc)))
+    return shares

@@ -14,3 +14,14 @@ def configure_threads(threads: int | float | None) -> int:
     os.environ["MKL_NUM_THREADS"] = str(n)
     torch.set_num_threads(n)
     return n
+
+
+def set_thread_count(threads: int) -> int:
+    """Torch intra-op threads of the calling thread (OpenMP's count is per thread); returns the old."""
+    import torch
+
+    old = torch.get_num_threads()
+    n = max(1, int(threads))
+    if n != old:
+        torch.set_num_threads(n)
+    return old

@@ -75,3 +75,36 @@ def test_full_batch_keeps_handoffs_waiting_and_steps_batch_all_rows(tiny_lm):
         assert s["blocked_ms"] < 0.1 * s["step_ms"], s
     finally:
         loop.stop()
+
+
+def test_set_threads_applies_in_the_loop_thread_from_the_next_step(tiny_lm):
+    import torch
+
+    lm = tiny_lm("llama")
+    pe = PrefillEngine(lm)
+    batch = DecodeBatch(lm, 2, 300)
+    seen: list[int] = []
+    step = batch.step
+
+    def spy(*a, **kw):
+        seen.append(torch.get_num_threads())  # in the loop thread: the count its kernels use
+        if len(seen) == 3:
+            loop.set_threads(2)
+        if len(seen) == 8:
+            loop.set_threads(1)
+        return step(*a, **kw)
+
+    batch.step = spy
+    loop = DecodeLoop(batch, "d0")
+    req = Request("r", tuple(range(5, 30)), SamplingParams(max_tokens=14, ignore_eos=True), seed=0)
+    try:
+        loop.set_threads(1)
+        loop.submit(pe.prefill([req])[0])
+        finished, events = _collect(loop, {"r"})
+        assert finished["r"] == ("length", 14)
+        assert seen[:3] == [1, 1, 1] and seen[3:8] == [2] * 5 and set(seen[8:]) == {1}
+        tokens = [t.token for ev in events for t in ev.tokens]
+        first = pe.prefill([req])[0].header.first_token
+        assert compare(lm, list(req.prompt_token_ids), [first, *tokens], 14) in ("equal", "tie")
+    finally:
+        loop.stop()

@@ -8,7 +8,16 @@ from pathlib import Path
 
 import pytest
 
-from baton.core.policy import BatchState, Candidate, admit, plan_prefill, prefill_budget, prefill_take
+from baton.core.policy import (
+    BatchState,
+    Candidate,
+    CoreShare,
+    admit,
+    core_shares,
+    plan_prefill,
+    prefill_budget,
+    prefill_take,
+)
 
 
 def state(live=0, free=4, window=0, capacity=100, max_remaining=0) -> BatchState:
@@ -168,3 +177,33 @@ def test_plan_prefill_splits_in_order():
     assert plan_prefill([10, 50, 20, 30, 500, 5], 150) == [3, 1, 1, 1]
     assert plan_prefill([10, 50, 20, 30, 500, 5], 150, padded=False) == [4, 1, 1]
     assert sum(plan_prefill(list(range(1, 40)), 64)) == 39
+
+
+# --------------------------------------------------------------------------- shared cores
+def test_core_share_lends_only_to_an_idle_partner():
+    s = CoreShare("p", "d", prefill_cpus=1, decode_cpus=1)
+    assert s.prefill_threads(decode_idle=True, prefill_busy=False) == 2  # nothing to decode: both cores
+    assert s.prefill_threads(decode_idle=False, prefill_busy=False) == 1
+    # A call queued behind another would run when rows may already be decoding: its own cores only.
+    assert s.prefill_threads(decode_idle=True, prefill_busy=True) == 1
+    assert s.decode_threads(prefill_busy=False) == 2
+    assert s.decode_threads(prefill_busy=True) == 1
+    assert CoreShare("p", "d", 2, 3).decode_threads(prefill_busy=False) == 5
+
+
+def test_core_shares_pair_one_prefill_with_one_decode_per_node():
+    workers = [
+        ("prefill-0", "prefill", "n1", 1),
+        ("decode-0", "decode", "n1", 1),
+        ("prefill-1", "prefill", "n2", 2),  # n2: two decode workers, no obvious pairing
+        ("decode-1", "decode", "n2", 1),
+        ("decode-2", "decode", "n2", 1),
+        ("decode-3", "decode", "n3", 4),  # n3: no prefill worker
+        ("prefill-2", "prefill", "n4", 0),  # cpus at least 1
+        ("decode-4", "decode", "n4", 1),
+    ]
+    assert core_shares(workers) == [
+        CoreShare("prefill-0", "decode-0", 1, 1),
+        CoreShare("prefill-2", "decode-4", 1, 1),
+    ]
+    assert core_shares([]) == []
