@@ -48,6 +48,12 @@ class LoopStats:
         self.attended_cells += res.rows * res.width
 
 
+def _thread_count() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
 def _finished(f: FinishedRow) -> Finished:
     return Finished(f.request_id, f.finish_reason, len(f.token_ids), f.text)
 
@@ -133,6 +139,7 @@ class DecodeLoop:
             capacity=b.capacity,
             kv_bytes=b.cache.nbytes(),
             stats=asdict(self.stats),
+            threads=self._threads_now,
         )
 
     def stop(self, timeout: float = 10.0) -> None:
@@ -225,11 +232,12 @@ class DecodeLoop:
         s.insert_ms += (time.perf_counter() - t0) * 1e3
 
     def _step(self, ev: _StepBuilder) -> None:
-        if self._threads and self._threads != self._threads_now:
+        if not self._threads_now or (self._threads and self._threads != self._threads_now):
             from baton.core.threads import set_thread_count
 
-            set_thread_count(self._threads)
-            self._threads_now = self._threads
+            if self._threads:
+                set_thread_count(self._threads)
+            self._threads_now = _thread_count()
         t0 = time.perf_counter()
         res = self.batch.step()
         self.stats.record(res, (time.perf_counter() - t0) * 1e3)

@@ -104,16 +104,9 @@ def self_signed_cert(dns_names: list[str], ips: tuple[str, ...] = ()) -> tuple[b
 # --------------------------------------------------------------------------- clusters
 def tiny_cluster_config(folder, p: int, d: int, **kw):
     """A ClusterConfig for a tiny test model: ``p`` prefill and ``d`` decode workers of half a CPU,
-    float32 (as ``tiny_lm``, which the oracle checks against), 300 KV columns per row."""
+    float32 (as ``tiny_lm``, which the oracle checks against), 300 KV columns per row; ``kw``
+    overrides any field."""
     from baton.core.config import ClusterConfig
 
-    return ClusterConfig(
-        model=str(folder),
-        prefill_workers=p,
-        decode_workers=d,
-        max_seq_len=300,
-        dtype="float32",
-        prefill_num_cpus=0.5,
-        decode_num_cpus=0.5,
-        **kw,
-    )
+    fields = {"max_seq_len": 300, "dtype": "float32", "prefill_num_cpus": 0.5, "decode_num_cpus": 0.5, **kw}
+    return ClusterConfig(model=str(folder), prefill_workers=p, decode_workers=d, **fields)

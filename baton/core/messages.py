@@ -96,6 +96,7 @@ class WorkerLoad:
     capacity: int  # KV columns per row
     kv_bytes: int
     stats: dict[str, Any] = field(default_factory=dict)  # LoopStats as a dict
+    threads: int = 0  # torch threads of the step loop's last step (0: none yet)
 
     @property
     def free_rows(self) -> int:

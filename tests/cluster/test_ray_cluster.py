@@ -168,3 +168,24 @@ def test_losing_the_only_prefill_worker_fails_waiting_requests_at_once(model_dir
         assert time.monotonic() - t0 < 30  # the decoding row still runs to its end
         assert any(c.error is None and len(c.token_ids) == 250 for c in results)
         assert not cluster.router.healthy
+
+
+@pytest.mark.parametrize("share", [True, False])
+def test_prefill_and_decode_lend_each_other_idle_cores(model_dir, tiny_lm, share):
+    """One prefill + one decode worker on this node: a prefill call to an idle decode side runs on
+    both workers' threads; the decode loop runs on both while no prefill is in flight. Exact either way."""
+    lm = tiny_lm("llama")
+    cfg = _cfg(model_dir("llama"), 1, 1, prefill_num_cpus=1, decode_num_cpus=1, share_cores=share)
+    reqs = make_queries(lm, seed=5, n=4)
+    with Cluster(cfg).start(log=_quiet) as cluster:
+        router = cluster.router
+        assert len(router.shares) == (1 if share else 0)
+        first = cluster.run_trace([(reqs[0], 0.0)])  # the cluster was idle: the prefill borrows
+        assert router.lent_calls == (1 if share else 0)
+        long = Request("long", tuple(range(5, 40)), SamplingParams(max_tokens=120, ignore_eos=True), 0)
+        rest = cluster.run_trace([(long, 0.0), *[(r, 0.05) for r in reqs[1:]]])
+        loads = [w.load for w in router.decode]
+    assert_exact(lm, reqs[:1], first)
+    assert_exact(lm, [long, *reqs[1:]], rest)
+    # With no prefill in flight at the end of the run, the decode loop ran on 2 threads (1 without sharing).
+    assert loads[0] is not None and loads[0].threads == (2 if share else 1)
