@@ -1,12 +1,14 @@
 """Model-runtime benchmark: the decode step and the prefill of each runtime, against this machine's limit.
 
     python -m baton.bench.runtime_bench [--model smollm2-135m] [--rows 16] [--columns 256] [--threads 1,2]
-                                        [--variants hf-fp32,fast-fp32,fast-bf16,fast-bf16-compiled] [--quick]
+                                        [--variants hf-fp32,fast-fp32,fast-bf16,fast-bf16-layers,fast-bf16-compiled] [--quick]
 
 Decode: a ``DecodeBatch`` of ``--rows`` rows whose windows are ``--columns`` wide (random KV, no
 padding), timed over ``--steps`` full steps (prepare, forward, sampling, stop rules), per variant:
 transformers eager float32 (``hf-fp32``, today's path), the fast runtime in float32, in bfloat16
-eager, and in bfloat16 with compiled decode steps (compile time reported). Each is set against
+with its fused forward (one C++ call per forward, the default), in bfloat16 layer by layer (torch
+ops around baton's kernels), and in bfloat16 with compiled decode steps (compile time reported).
+Each is set against
 
 * the bare forward of the same runtime at the same shape: for ``fast``, ``runtime.decode`` called
   directly on a plain contiguous cache (no ``DecodeBatch``, no window bookkeeping, no mask, no
@@ -14,8 +16,8 @@ eager, and in bfloat16 with compiled decode steps (compile time reported). Each 
 * this machine's limit for that step: max(bytes read / measured read bandwidth, FLOPs / measured
   GEMM peak), bytes = the matmul weights + the window's KV, FLOPs = 2 x rows x matmul weights +
   attention. Bandwidth: a sum over 512 MB; GEMM peak: the better of a 512 x 2048 x 2048 and a
-  2048^3 matmul in that dtype (bf16 through oneDNN with a prepacked weight); both at the thread
-  count of the row.
+  2048^3 matmul in that dtype (bf16: the best of oneDNN with a prepacked weight, baton's GEMM and,
+  on a CPU without bf16 instructions, float32); both at the thread count of the row.
 
 Prefill: ``PrefillEngine`` over ``--prompts`` random prompts (16-200 tokens, seeded) at the default
 budget of 256 tokens per forward: prompt tokens per second (real tokens; ``hf`` pads each forward
@@ -61,13 +63,15 @@ class Variant:
     runtime: str
     dtype: str
     compile: str
+    fused: bool = True  # the fast runtime's fused bf16 forward where it runs (False: layer by layer)
 
     @property
     def label(self) -> str:
         return {
             "hf-fp32": "hf fp32 eager",
             "fast-fp32": "fast fp32",
-            "fast-bf16": "fast bf16 eager",
+            "fast-bf16": "fast bf16 (fused forward)",
+            "fast-bf16-layers": "fast bf16 layer by layer",
             "fast-bf16-compiled": "fast bf16 compiled",
         }.get(self.name, self.name)
 
@@ -76,6 +80,7 @@ VARIANTS = {
     "hf-fp32": Variant("hf-fp32", "hf", "float32", "off"),
     "fast-fp32": Variant("fast-fp32", "fast", "float32", "off"),
     "fast-bf16": Variant("fast-bf16", "fast", "bfloat16", "off"),
+    "fast-bf16-layers": Variant("fast-bf16-layers", "fast", "bfloat16", "off", fused=False),
     "fast-bf16-compiled": Variant("fast-bf16-compiled", "fast", "bfloat16", "on"),
 }
 
@@ -129,20 +134,7 @@ def read_bandwidth_gbs(threads: int, mib: int = 512) -> float:
     return x.numel() * 4 / best / 1e9
 
 
-def gemm_peak_gflops(threads: int, dtype: torch.dtype, m: int = 512, k: int = 2048, n: int = 2048) -> float:
-    """Best of 5: FLOP/s of an ``m x k x n`` matmul in ``dtype`` (bf16: oneDNN, prepacked weight)."""
-    torch.set_num_threads(threads)
-    x, w = torch.randn(m, k).to(dtype), torch.randn(n, k).to(dtype)
-    if dtype == torch.bfloat16 and torch.backends.mkldnn.is_available():
-        packed = torch.ops.mkldnn._reorder_linear_weight(w, None)
-
-        def run():
-            return torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], "")
-    else:
-
-        def run():
-            return torch.nn.functional.linear(x, w)
-
+def _best_gflops(run, flops: float) -> float:
     with torch.inference_mode():
         run()
         best = float("inf")
@@ -150,7 +142,31 @@ def gemm_peak_gflops(threads: int, dtype: torch.dtype, m: int = 512, k: int = 20
             t0 = time.perf_counter()
             run()
             best = min(best, time.perf_counter() - t0)
-    return 2 * m * k * n / best / 1e9
+    return flops / best / 1e9
+
+
+def gemm_peak_gflops(threads: int, dtype: torch.dtype, m: int = 512, k: int = 2048, n: int = 2048) -> float:
+    """Best of 5: FLOP/s of an ``m x k x n`` matmul in ``dtype``; for bf16 the best of oneDNN over a
+    prepacked weight, baton's bf16 GEMM and (a CPU without bf16 instructions computes bf16 in float32
+    FMAs, so that is its peak too) the float32 matmul."""
+    from baton.runtime import kernels
+
+    torch.set_num_threads(threads)
+    x, w = torch.randn(m, k).to(dtype), torch.randn(n, k).to(dtype)
+    flops = 2 * m * k * n
+    if dtype != torch.bfloat16:
+        return _best_gflops(lambda: torch.nn.functional.linear(x, w), flops)
+    runs = {}
+    if torch.backends.mkldnn.is_available():
+        packed = torch.ops.mkldnn._reorder_linear_weight(w, None)
+        runs["onednn"] = lambda: torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], "")
+    if kernels.bf16_gemm_available(torch.device("cpu")):
+        bw = kernels.bf16_pack(w)
+        runs["baton"] = lambda: kernels.bf16_linear(x, bw, n, None)
+        if kernels.bf16_gemm_isa() == "avx512f":
+            xf, wf = x.float(), w.float()
+            runs["float32"] = lambda: torch.nn.functional.linear(xf, wf)
+    return max(_best_gflops(run, flops) for run in runs.values())
 
 
 def step_cost(lm: Any, rows: int, columns: int) -> dict[str, float]:
@@ -309,6 +325,8 @@ def run_variant(v: Variant, args: argparse.Namespace, limits: dict) -> list[dict
     t0 = time.perf_counter()
     lm = load_model(args.model, dtype=v.dtype, runtime=v.runtime, compile=v.compile)
     load_s = time.perf_counter() - t0
+    if not v.fused and hasattr(lm.runtime, "fused"):
+        lm.runtime.fused = False
     cost = step_cost(lm, args.rows, args.columns)
     out = []
     for threads in args.threads:

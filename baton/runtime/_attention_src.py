@@ -97,6 +97,19 @@ static inline __m512 load16(const at::BFloat16* p) {
 static inline __m512 load16(const at::Half* p) {
   return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
 }
+
+// float32 -> bfloat16 bits in the upper half of each lane (round to nearest even, NaN kept quiet),
+// as torch's conversion; bf16_store16 writes the 16 values.
+static inline __m512i bf16_round_bits(__m512 v) {
+  const __m512i bits = _mm512_castps_si512(v);
+  const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
+  __m512i r = _mm512_add_epi32(bits, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7FFF)));
+  r = _mm512_mask_mov_epi32(r, _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), _mm512_set1_epi32(0x7FC00000));
+  return _mm512_and_si512(r, _mm512_set1_epi32(static_cast<int>(0xFFFF0000u)));
+}
+static inline void bf16_store16(void* p, __m512 v) {
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm512_cvtepi32_epi16(_mm512_srli_epi32(bf16_round_bits(v), 16)));
+}
 #endif
 
 
@@ -128,17 +141,58 @@ static inline void widen32(const at::BFloat16* p, __m512& even, __m512& odd) {
 // Scores of G queries (float32, even/odd split, scale applied: qs[(j * NZ + z) * 2 + {0, 1}]) against
 // a row's real columns: 16 columns at a time widened once into kb (L1), then per query 16 dot products
 // summed across lanes by sum16; prefetches the K rows two blocks ahead. s[j * L + c] = q_j . k_cols[c].
-template <int G, int NV>
-static inline void scores_wide(const __m512* qs, const at::BFloat16* kr, int64_t ks2, const int64_t* cols,
-                               int64_t nc, float* s, int64_t L) {
+// A column's values as even/odd float32 pairs: widened from the bf16 cache (decode: each column is
+// read once per query position, w == 1), or loaded from a float32 copy widened once per (row, head)
+// (prefill and orca steps: every query position reads the same columns).
+struct WideCols {
+  const at::BFloat16* bf = nullptr;  // [L][hd] with row stride `stride`
+  const float* f32 = nullptr;        // or [L][NZ][2][16]
+  int64_t stride = 0, hd = 0;
+  template <bool F32>
+  inline void get(int64_t col, int z, __m512& even, __m512& odd) const {
+    if constexpr (F32) {
+      const float* p = f32 + (col * (hd / 32) + z) * 32;
+      even = _mm512_loadu_ps(p);
+      odd = _mm512_loadu_ps(p + 16);
+    } else {
+      widen32(bf + col * stride + z * 32, even, odd);
+    }
+  }
+  template <bool F32>
+  inline void prefetch(int64_t col) const {
+    if constexpr (!F32) prefetch_row(bf + col * stride, hd);
+  }
+  // The next (row, head)'s columns, fetched into L2 while this one computes: a step's window is
+  // read once, from memory, and without this the loads wait on memory latency (measured).
+  const at::BFloat16* next = nullptr;
+  inline void prefetch_next(int64_t col) const {  // `next` is never null (the job itself, last)
+    const char* p = reinterpret_cast<const char*>(next + col * stride);
+    for (int64_t b = 0; b < hd * 2; b += 64) _mm_prefetch(p + b, _MM_HINT_T1);
+  }
+};
+
+static void widen_all(const at::BFloat16* src, int64_t stride, int64_t L, int64_t hd, std::vector<float>& dst) {
+  dst.resize(L * hd);
+  for (int64_t c = 0; c < L; ++c)
+    for (int64_t z = 0; z < hd / 32; ++z) {
+      __m512 e, o;
+      widen32(src + c * stride + z * 32, e, o);
+      _mm512_storeu_ps(&dst[(c * (hd / 32) + z) * 32], e);
+      _mm512_storeu_ps(&dst[(c * (hd / 32) + z) * 32 + 16], o);
+    }
+}
+
+template <int G, int NV, bool F32>
+static inline void scores_wide(const __m512* qs, const WideCols& kc, const int64_t* cols, int64_t nc, float* s,
+                               int64_t L) {
   constexpr int NZ = NV / 2;
   __m512 kb[16][NZ][2];
   for (int64_t c0 = 0; c0 < nc; c0 += 16) {
     const int64_t n = std::min<int64_t>(16, nc - c0);
     for (int64_t i = 0; i < n; ++i) {
-      const at::BFloat16* kl = kr + cols[c0 + i] * ks2;
-      if (c0 + 32 + i < nc) prefetch_row(kr + cols[c0 + 32 + i] * ks2, NV * 16);
-      for (int z = 0; z < NZ; ++z) widen32(kl + z * 32, kb[i][z][0], kb[i][z][1]);
+      if (c0 + 32 + i < nc) kc.prefetch<F32>(cols[c0 + 32 + i]);
+      if constexpr (!F32) kc.prefetch_next(cols[c0 + i]);
+      for (int z = 0; z < NZ; ++z) kc.get<F32>(cols[c0 + i], z, kb[i][z][0], kb[i][z][1]);
     }
     for (int j = 0; j < G; ++j) {
       __m512 a[16];
@@ -157,19 +211,19 @@ static inline void scores_wide(const __m512* qs, const at::BFloat16* kr, int64_t
 
 // o_j = sum_c p_j[c] v[c] over the real columns, in column order, even/odd split; the result in
 // head_dim order in acc[j * hd + d] (not yet divided by the softmax denominator).
-template <int G, int NV>
-static inline void weighted_wide(const float* s, int64_t L, const at::BFloat16* vr, int64_t vs2, const int64_t* cols,
-                                 int64_t nc, float* acc) {
+template <int G, int NV, bool F32>
+static inline void weighted_wide(const float* s, int64_t L, const WideCols& vc, const int64_t* cols, int64_t nc,
+                                 float* acc) {
   constexpr int NZ = NV / 2;
   __m512 o[G][NZ][2];
   for (int j = 0; j < G; ++j)
     for (int z = 0; z < NZ; ++z) o[j][z][0] = o[j][z][1] = _mm512_setzero_ps();
   for (int64_t c = 0; c < nc; ++c) {
-    const at::BFloat16* vl = vr + cols[c] * vs2;
-    if (c + PF < nc) prefetch_row(vr + cols[c + PF] * vs2, NV * 16);
+    if (c + PF < nc) vc.prefetch<F32>(cols[c + PF]);
+    if constexpr (!F32) vc.prefetch_next(cols[c]);
     for (int z = 0; z < NZ; ++z) {
       __m512 ve, vo;
-      widen32(vl + z * 32, ve, vo);
+      vc.get<F32>(cols[c], z, ve, vo);
       for (int j = 0; j < G; ++j) {
         const __m512 pj = _mm512_set1_ps(s[j * L + c]);
         o[j][z][0] = _mm512_fmadd_ps(pj, ve, o[j][z][0]);
@@ -235,21 +289,53 @@ static void run(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, c
   const int64_t ks0 = k.stride(0), ks1 = k.stride(1), ks2 = k.stride(2);
   const int64_t vs0 = v.stride(0), vs1 = v.stride(1), vs2 = v.stride(2);
   const int64_t ms0 = mp ? mask.stride(0) : 0, ms1 = mp ? mask.stride(1) : 0;
+#if defined(__AVX512F__) && !defined(__AVX512BF16__)
+  constexpr bool WIDE = G > 0 && G <= 4 && NV % 2 == 0 && std::is_same_v<T, at::BFloat16>;
+#else
+  constexpr bool WIDE = false;
+#endif
   at::parallel_for(0, n * kvh, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> qf(g * w * hd), s(g * L), acc(g * hd), denom(g);
     std::vector<int64_t> cols(L);
+    int64_t cols_of = -1, nc_of = 0;  // decode steps (w == 1): the row whose columns `cols` holds
     for (int64_t job = begin; job < end; ++job) {
       const int64_t r = job / kvh, h = job % kvh;
       const T* kr = kp + r * ks0 + h * ks1;
       const T* vr = vp + r * vs0 + h * vs1;
       const T* qr = qp + (r * kvh + h) * g * w * hd;
       T* orow = op + (r * kvh + h) * g * w * hd;
-      for (int64_t i = 0; i < g * w * hd; ++i) qf[i] = static_cast<float>(qr[i]) * static_cast<float>(scale);
+      if (!WIDE)
+        for (int64_t i = 0; i < g * w * hd; ++i) qf[i] = static_cast<float>(qr[i]) * static_cast<float>(scale);
+#if defined(__AVX512F__) && !defined(__AVX512BF16__)
+      WideCols kc, vc;
+      if constexpr (std::is_same_v<T, at::BFloat16>) {
+        kc = WideCols{kr, nullptr, ks2, hd, kr};
+        vc = WideCols{vr, nullptr, vs2, hd, vr};
+        if (job + 1 < end) {
+          const int64_t r1 = (job + 1) / kvh, h1 = (job + 1) % kvh;
+          kc.next = kp + r1 * ks0 + h1 * ks1;
+          vc.next = vp + r1 * vs0 + h1 * vs1;
+        }
+        if (w > 1 && hd % 32 == 0) {  // every query position reads these columns: widen them once
+          thread_local std::vector<float> kw, vw;
+          widen_all(kr, ks2, L, hd, kw);
+          widen_all(vr, vs2, L, hd, vw);
+          kc.f32 = kw.data();
+          vc.f32 = vw.data();
+        }
+      }
+#endif
       for (int64_t p = 0; p < w; ++p) {
         int64_t nc = 0;
         const bool* mrow = mp ? mp + r * ms0 + p * ms1 : nullptr;
-        for (int64_t l = 0; l < L; ++l)
-          if (!mrow || mrow[l]) cols[nc++] = l;
+        if (w == 1 && cols_of == r) {
+          nc = nc_of;  // the row's other heads: same mask, same columns
+        } else {
+          for (int64_t l = 0; l < L; ++l)
+            if (!mrow || mrow[l]) cols[nc++] = l;
+          cols_of = w == 1 ? r : -1;
+          nc_of = nc;
+        }
         std::fill(acc.begin(), acc.end(), 0.f);
 #if defined(__AVX512BF16__)
         if constexpr (G > 0 && NV % 2 == 0 && std::is_same_v<T, at::BFloat16>) {
@@ -265,7 +351,8 @@ static void run(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, c
               qs[(j * (NV / 2) + z) * 2] = _mm512_mul_ps(qs[(j * (NV / 2) + z) * 2], sc);
               qs[(j * (NV / 2) + z) * 2 + 1] = _mm512_mul_ps(qs[(j * (NV / 2) + z) * 2 + 1], sc);
             }
-          scores_wide<G, NV>(qs, kr, ks2, cols.data(), nc, s.data(), L);
+          if (kc.f32) scores_wide<G, NV, true>(qs, kc, cols.data(), nc, s.data(), L);
+          else scores_wide<G, NV, false>(qs, kc, cols.data(), nc, s.data(), L);
         } else
 #endif
 #if defined(__AVX512F__)
@@ -306,7 +393,8 @@ static void run(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, c
         }
 #if defined(__AVX512F__) && !defined(__AVX512BF16__)
         if constexpr (G > 0 && G <= 4 && NV % 2 == 0 && std::is_same_v<T, at::BFloat16>) {
-          weighted_wide<G, NV>(s.data(), L, vr, vs2, cols.data(), nc, acc.data());
+          if (vc.f32) weighted_wide<G, NV, true>(s.data(), L, vc, cols.data(), nc, acc.data());
+          else weighted_wide<G, NV, false>(s.data(), L, vc, cols.data(), nc, acc.data());
         } else
 #endif
 #if defined(__AVX512F__)
@@ -336,6 +424,15 @@ static void run(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, c
         }
         for (int64_t j = 0; j < g; ++j) {
           T* oq = orow + ((j * w) + p) * hd;
+#if defined(__AVX512F__)
+          if constexpr (std::is_same_v<T, at::BFloat16>) {
+            if (hd % 16 == 0) {
+              const __m512 dn = _mm512_set1_ps(denom[j]);
+              for (int64_t d = 0; d < hd; d += 16) bf16_store16(oq + d, _mm512_div_ps(_mm512_loadu_ps(&acc[j * hd + d]), dn));
+              continue;
+            }
+          }
+#endif
           for (int64_t d = 0; d < hd; ++d) oq[d] = static_cast<T>(acc[j * hd + d] / denom[j]);
         }
       }
