@@ -145,6 +145,11 @@ class Cluster:
             return r
 
         self.router = self.call(make())
+        for share in self.router.shares:
+            log(
+                f"{share.prefill_id} and {share.decode_id} share their node's cores while one is idle "
+                "(--no-share-cores: fixed threads)"
+            )
         return self
 
     def call(self, coro, timeout: float | None = None):
@@ -266,8 +271,16 @@ def describe_runtime(infos: list[dict]) -> str:
         ws = [i for i in infos if i["role"] == role]
         if ws:
             w = ws[0]
+            how = ", ".join(
+                x
+                for x in (
+                    f"{w['forward']} forward" if w.get("forward") else "",
+                    f"bf16 GEMM {w['gemm_isa']}" if w.get("gemm_isa") else "",
+                )
+                if x
+            )
             parts.append(
-                f"{role}: runtime {w.get('runtime', '?')}, {w.get('dtype', '?')}, "
+                f"{role}: runtime {w.get('runtime', '?')}{f' ({how})' if how else ''}, {w.get('dtype', '?')}, "
                 f"{w.get('threads', '?')} threads, compile {max(i.get('compile_s', 0.0) for i in ws):.1f} s"
             )
     return "; ".join(parts)

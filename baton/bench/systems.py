@@ -49,6 +49,7 @@ class BenchConfig:
     prefill_cpus: float = 1.0  # baton on Ray: CPUs (torch threads) of the prefill and decode worker
     decode_cpus: float = 1.0
     share_cores: bool = True  # baton on Ray: the two workers lend each other idle cores
+    max_prefill_tokens: int = 0  # baton on Ray: prompt tokens per prefill call (0: the default)
     runtime: str = "auto"  # baton's runtime and dtype on Ray
     dtype: str = "auto"
 
@@ -127,7 +128,9 @@ class BatonRay(System):
             # Started here (not by Cluster) only to keep the workers' logs out of the progress bar.
             ray.init(
                 address="local",
-                num_cpus=max(os.cpu_count() or 1, math.ceil(cfg.prefill_cpus + cfg.decode_cpus)),
+                # Logical CPUs for several clusters at once (a benchmark may keep more than one
+                # system up and run them in turns); the workers' threads follow their own num_cpus.
+                num_cpus=max(4 * (os.cpu_count() or 1), math.ceil(cfg.prefill_cpus + cfg.decode_cpus)),
                 object_store_memory=1 << 30,
                 _node_ip_address="127.0.0.1",
                 include_dashboard=False,
@@ -142,6 +145,7 @@ class BatonRay(System):
                 prefill_num_cpus=cfg.prefill_cpus,
                 decode_num_cpus=cfg.decode_cpus,
                 share_cores=cfg.share_cores,
+                max_prefill_tokens=cfg.max_prefill_tokens,
                 runtime=cfg.runtime,
                 dtype=cfg.dtype,
                 max_batch_size=cfg.max_batch_size,

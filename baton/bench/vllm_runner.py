@@ -10,6 +10,13 @@ IN.json: ``{"model", "max_batch_size", "max_seq_len", "runs": [{"name", "prompts
 is submitted at its arrival offset and streamed, so TTFT is the time its first token reached this
 process. OUT.json: ``{"engine_start_s", "runs": [{"name", "requests": [{"ttft_ms", "total_ms",
 "n_out"}], "wall_s"}]}`` (times from each request's planned arrival).
+
+    ... vllm_runner.py --serve SPEC.json
+
+Serve mode (benchmarks that interleave systems run by run): the engine starts once from SPEC.json
+(its "runs" are ignored), ``BATON-READY`` is printed on stdout, then each stdin line is the path of
+a JSON file with one run; its result is written to that path + ``.out`` and ``BATON-DONE PATH.out``
+is printed. An empty line or end of input stops the engine.
 """
 
 from __future__ import annotations
@@ -49,12 +56,10 @@ async def _run(engine, sp_cls, run: dict) -> dict:
     return {"name": run["name"], "requests": list(reqs), "wall_s": time.perf_counter() - t0}
 
 
-async def _main(spec: dict) -> dict:
-    from vllm import SamplingParams
+def _engine(spec: dict):
     from vllm.engine.arg_utils import AsyncEngineArgs
     from vllm.v1.engine.async_llm import AsyncLLM
 
-    t = time.perf_counter()
     args = AsyncEngineArgs(
         model=spec["model"],
         dtype=spec.get("dtype", "float32"),
@@ -63,7 +68,37 @@ async def _main(spec: dict) -> dict:
         max_num_seqs=spec["max_batch_size"],
         disable_log_stats=True,
     )
-    engine = AsyncLLM.from_engine_args(args)
+    return AsyncLLM.from_engine_args(args)
+
+
+async def _serve(spec: dict) -> None:
+    import torch
+    import vllm
+    from vllm import SamplingParams
+
+    engine = _engine(spec)
+    loop = asyncio.get_running_loop()
+    print("BATON-READY " + json.dumps({"vllm": vllm.__version__, "torch": torch.__version__}), flush=True)
+    try:
+        while True:
+            line = (await loop.run_in_executor(None, sys.stdin.readline)).strip()
+            if not line:
+                break
+            with open(line) as f:
+                run = json.load(f)
+            res = await _run(engine, SamplingParams, run)
+            with open(line + ".out", "w") as f:
+                json.dump(res, f)
+            print(f"BATON-DONE {line}.out", flush=True)
+    finally:
+        engine.shutdown()
+
+
+async def _main(spec: dict) -> dict:
+    from vllm import SamplingParams
+
+    t = time.perf_counter()
+    engine = _engine(spec)
     start_s = time.perf_counter() - t
     import torch
     import vllm
@@ -84,6 +119,9 @@ async def _main(spec: dict) -> dict:
 
 
 if __name__ == "__main__":
+    if sys.argv[1] == "--serve":
+        asyncio.run(_serve(json.loads(open(sys.argv[2]).read())))  # noqa: SIM115
+        sys.exit(0)
     spec = json.loads(open(sys.argv[1]).read())  # noqa: SIM115
     result = asyncio.run(_main(spec))
     with open(sys.argv[2], "w") as f:

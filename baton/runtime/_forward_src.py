@@ -61,22 +61,6 @@ static inline __m512 load16b(const bf16* p) {
 }
 static inline __m512 round16(__m512 v) { return _mm512_castsi512_ps(bf16_round_bits(v)); }
 static inline void store16b(bf16* p, __m512 v) { bf16_store16(p, v); }
-// exp(x) for |x| < 88 (clamped): 2^n * p(r), |rel err| < 2e-7.
-static inline __m512 exp16(__m512 x) {
-  x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.0f)), _mm512_set1_ps(88.0f));
-  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
-                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145751953125f), x);
-  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.428606765330187045e-06f), r);
-  __m512 q = _mm512_set1_ps(1.9875691500e-4f);
-  q = _mm512_fmadd_ps(q, r, _mm512_set1_ps(1.3981999507e-3f));
-  q = _mm512_fmadd_ps(q, r, _mm512_set1_ps(8.3334519073e-3f));
-  q = _mm512_fmadd_ps(q, r, _mm512_set1_ps(4.1665795894e-2f));
-  q = _mm512_fmadd_ps(q, r, _mm512_set1_ps(1.6666665459e-1f));
-  q = _mm512_fmadd_ps(q, r, _mm512_set1_ps(5.0000001201e-1f));
-  q = _mm512_add_ps(_mm512_fmadd_ps(_mm512_mul_ps(q, r), r, r), _mm512_set1_ps(1.0f));
-  return _mm512_scalef_ps(q, n);
-}
 #endif
 
 // out[t] = w * bf16(x[t] * rsqrt(mean(x[t]^2) + eps)) over n values per token (stride ld).
@@ -181,8 +165,12 @@ static void silu_mul(const bf16* gu, int64_t ld, int64_t T, int64_t n, bf16* out
 #if defined(__AVX512F__)
       const __m512 one = _mm512_set1_ps(1.0f);
       for (; i + 16 <= n; i += 16) {
+        // silu(g) = g * sigmoid(g); sigmoid from e = exp(-|g|) (the attention kernel's exp): 1 / (1 + e)
+        // for g >= 0, e / (1 + e) below.
         const __m512 gv = load16b(g + i);
-        const __m512 sv = round16(_mm512_div_ps(gv, _mm512_add_ps(one, exp16(_mm512_sub_ps(_mm512_setzero_ps(), gv)))));
+        const __m512 e = exp_neg16(_mm512_sub_ps(_mm512_setzero_ps(), _mm512_abs_ps(gv)));
+        const __m512 num = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(gv, _mm512_setzero_ps(), _CMP_GE_OQ), e, one);
+        const __m512 sv = round16(_mm512_mul_ps(gv, _mm512_div_ps(num, _mm512_add_ps(one, e))));
         store16b(o + i, _mm512_mul_ps(sv, load16b(g + n + i)));
       }
 #endif
