@@ -94,3 +94,64 @@ def test_bad_lines_name_field(obj, field):
     with pytest.raises(ValidationError) as ei:
         parse_spec(obj, "r")
     assert ei.value.field == field
+
+
+# --------------------------------------------------------------------------- bounded tokenising
+class Counting:
+    """A real tokenizer that records how many characters each encode call was given."""
+
+    def __init__(self, tok):
+        self.tok, self.sizes = tok, []
+
+    def encode(self, text, add_special_tokens=True):
+        self.sizes.append(len(text))
+        return self.tok.encode(text, add_special_tokens=add_special_tokens)
+
+
+@pytest.fixture(scope="module")
+def tokenizer(model_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(model_dir("llama"))
+
+
+def texts(rng):
+    from baton.bench.tiny_models import CORPUS
+
+    for n in (10, 300, 1900, 2100, 4100, 9000, 20_000, 70_000):
+        start = rng.randrange(len(CORPUS))
+        yield (CORPUS * (n // len(CORPUS) + 2))[start : start + n]
+    yield "z" * 50_000  # no whitespace to cut at
+    yield " " * 50_000 + "end"
+    yield ("ab " * 20_000)[:50_000]
+
+
+@pytest.mark.parametrize("context", [64, 500, 2048])
+def test_encode_prompt_refuses_only_what_the_whole_text_would(tokenizer, context):
+    import random
+
+    from baton.core.requests_io import encode_prompt
+
+    for text in texts(random.Random(context)):
+        whole = tokenizer.encode(text, add_special_tokens=True)
+        try:
+            got = encode_prompt(tokenizer, text, context)
+        except ValidationError as e:
+            assert e.field == "prompt" and len(whole) >= context, (len(text), len(whole), str(e))
+            continue
+        assert got == whole
+
+
+def test_encode_prompt_refuses_a_megabyte_prompt_from_a_small_head(tokenizer):
+    from baton.bench.tiny_models import CORPUS
+    from baton.core.requests_io import encode_prompt
+
+    text = (CORPUS * (2**20 // len(CORPUS) + 1))[: 2**20]
+    counting = Counting(tokenizer)
+    with pytest.raises(ValidationError, match=r"^prompt: at least \d+ tokens in its first \d+ of 1048576"):
+        encode_prompt(counting, text, 500)
+    assert sum(counting.sizes) < 20_000, counting.sizes  # of 1 MiB: the heads only
+    counting.sizes.clear()
+    short = text[:1500]
+    assert encode_prompt(counting, short, 500) == tokenizer.encode(short)
+    assert counting.sizes == [1500]  # a text that may fit is tokenised once, whole
