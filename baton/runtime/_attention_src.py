@@ -239,7 +239,9 @@ static inline void weighted_wide(const float* s, int64_t L, const WideCols& vc, 
       _mm512_storeu_ps(acc + j * NV * 16 + z * 32 + 16, _mm512_permutex2var_ps(o[j][z][0], hi_idx, o[j][z][1]));
     }
 }
+#endif
 
+#if defined(__AVX512BF16__)
 // bf16 scores of G queries (head_dim = NV * 16) against a row's real columns: products of bf16
 // pairs summed in float32 by VDPBF16PS (exact products), 16 columns at a time, one fixed order per
 // column; s[j * L + c] = scale * (q_j . k_cols[c]).
