@@ -3,9 +3,11 @@ batches (``hf-static``), transformers continuous batching (``hf-cb``) and vLLM's
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+import signal
 import subprocess
 import tempfile
 import threading
@@ -228,7 +230,10 @@ class HFContinuous(System):
 
 
 # ------------------------------------------------------------------------------ vLLM (subprocess)
-VLLM_ENV = {"VLLM_CPU_NUM_OF_RESERVED_CPU": "0", "VLLM_CPU_KVCACHE_SPACE": "4"}  # + threads: OMP, bind
+VLLM_ENV = {
+    "VLLM_CPU_NUM_OF_RESERVED_CPU": "0",
+    "VLLM_CPU_KVCACHE_SPACE": "1",
+}  # + threads: OMP, bind (1 GB: 32 x 641 tokens need <0.2)
 
 
 class VLLM(System):
@@ -347,6 +352,7 @@ class VLLM(System):
             stdout=subprocess.PIPE,
             stderr=self._log,
             text=True,
+            start_new_session=True,  # its engine's worker processes go with it in close()
         )
         versions = json.loads(self._expect("BATON-READY") or "{}")
         self.meta = {"engine_start_s": time.time() - t0, **versions, "log": str(log_path), "mode": "serve"}
@@ -380,6 +386,8 @@ class VLLM(System):
                 self._proc.wait(timeout=120)
             except (OSError, subprocess.TimeoutExpired):
                 self._proc.kill()
+            with contextlib.suppress(OSError):  # what its engine left behind (a failed start leaks a worker)
+                os.killpg(self._proc.pid, signal.SIGKILL)
             self._proc = None
             self._log.close()
         if self._tmp is not None:

@@ -188,7 +188,7 @@ python3.11 -m venv /work/vllm-venv
 ```
 
 `baton/bench/vllm_runner.py` runs under that python in a subprocess with `VLLM_CPU_OMP_THREADS_BIND=0-1
-VLLM_CPU_NUM_OF_RESERVED_CPU=0 OMP_NUM_THREADS=2 VLLM_CPU_KVCACHE_SPACE=4`, an `if __name__ == "__main__":`
+VLLM_CPU_NUM_OF_RESERVED_CPU=0 OMP_NUM_THREADS=2 VLLM_CPU_KVCACHE_SPACE=1`, an `if __name__ == "__main__":`
 guard, and `AsyncLLM` with `dtype="float32", enforce_eager=True, max_num_seqs=B, max_model_len=S+1`; it gets
 the same token-id prompts, `max_tokens`, `ignore_eos=True`, greedy, each request submitted at its arrival
 offset and streamed (TTFT = first streamed token). Its log goes to `OUT_DIR/raw/NAME_vllm.log`.

@@ -53,6 +53,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m baton.bench.saturate", description=__doc__.split("\n")[0])
     p.add_argument("--model", default="smollm2-135m")
     p.add_argument("--requests", type=int, default=64)
+    p.add_argument(
+        "--rate",
+        type=float,
+        default=math.inf,
+        help="arrivals per second, Poisson (default inf: every request at once, a burst)",
+    )
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--prompt-len", default="uniform:208:0.533:16:400", help="KIND:MEAN[:CV[:MIN:MAX]]")
     p.add_argument("--output-len", default="uniform:102:0.554:4:200", help="KIND:MEAN[:CV[:MIN:MAX]]")
@@ -107,7 +113,7 @@ def run_systems(names: list[str], base: BenchConfig, lm: Any, trace: Trace, repe
             kind, cfg = system_config(name, base)
             system = make_system(kind, cfg, lm)
             systems[name] = system
-            log.info(f"{name}: starting, warm-up burst of {len(trace)}")
+            log.info(f"{name}: starting, warm-up run of {len(trace)} requests")
             if kind == "vllm":
                 system.serve(trace)
             else:
@@ -180,7 +186,7 @@ def table(rows: list[dict[str, Any]]) -> list[str]:
     return md_table(shown, left=("system",))
 
 
-def plot(rows: list[dict[str, Any]], out: Outputs) -> None:
+def plot(rows: list[dict[str, Any]], out: Outputs, rate: float = math.inf) -> None:
     plt = pyplot()
     if plt is None:
         return
@@ -194,7 +200,8 @@ def plot(rows: list[dict[str, Any]], out: Outputs) -> None:
     colors = ["tab:blue" if n.startswith("baton") else "tab:gray" for n in names]
     ax.bar(names, means, yerr=err, capsize=4, color=colors)
     ax.set_ylabel("output tokens/s (mean, min-max of repeats)")
-    ax.set_title("Saturated burst: same trace, same total threads")
+    arrivals = "Saturated burst" if math.isinf(rate) else f"Poisson arrivals at {rate:g} req/s"
+    ax.set_title(f"{arrivals}: same trace, same total threads")
     ax.tick_params(axis="x", rotation=20)
     save_figure(fig, out.plot())
 
@@ -209,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     lm = load_model(args.model, runtime=args.runtime, dtype=args.dtype)
     spec = WorkloadSpec(
         requests=args.requests,
-        rate=math.inf,
+        rate=args.rate,
         prompt=LengthDist.parse(args.prompt_len),
         output=LengthDist.parse(args.output_len),
         seed=args.seed,
@@ -236,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     write_json(out.raw(".json"), {"meta": meta, "rows": rows})
     out.publish({"meta": meta, "rows": [{k: v for k, v in r.items() if k != "runs"} for r in rows]})
-    plot(rows, out)
+    plot(rows, out, args.rate)
     print("\n".join(table(rows)))
     print(f"\n{meta['command']}")
     return 0

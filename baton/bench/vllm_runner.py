@@ -2,7 +2,7 @@
 
 Standalone on purpose: it imports only vLLM and the standard library (the vLLM venv has no baton).
 
-    VLLM_CPU_OMP_THREADS_BIND=0-1 VLLM_CPU_NUM_OF_RESERVED_CPU=0 OMP_NUM_THREADS=2 VLLM_CPU_KVCACHE_SPACE=4 \
+    VLLM_CPU_OMP_THREADS_BIND=0-1 VLLM_CPU_NUM_OF_RESERVED_CPU=0 OMP_NUM_THREADS=2 VLLM_CPU_KVCACHE_SPACE=1 \
         /work/vllm-venv/bin/python baton/bench/vllm_runner.py IN.json OUT.json
 
 IN.json: ``{"model", "max_batch_size", "max_seq_len", "runs": [{"name", "prompts": [[ids]], "max_tokens": [n],
