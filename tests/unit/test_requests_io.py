@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
+from baton.bench.tiny_models import CORPUS
 from baton.core.errors import ValidationError
 from baton.core.params import SamplingParams
-from baton.core.requests_io import parse_spec
+from baton.core.requests_io import encode_prompt, parse_spec
 
 
 def test_minimal_prompt_defaults():
@@ -115,12 +118,13 @@ def tokenizer(model_dir):
     return AutoTokenizer.from_pretrained(model_dir("llama"))
 
 
-def texts(rng):
-    from baton.bench.tiny_models import CORPUS
+def corpus_text(n: int, start: int = 0) -> str:
+    return (CORPUS * (n // len(CORPUS) + 2))[start : start + n]
 
+
+def texts(rng):
     for n in (10, 300, 1900, 2100, 4100, 9000, 20_000, 70_000):
-        start = rng.randrange(len(CORPUS))
-        yield (CORPUS * (n // len(CORPUS) + 2))[start : start + n]
+        yield corpus_text(n, rng.randrange(len(CORPUS)))
     yield "z" * 50_000  # no whitespace to cut at
     yield " " * 50_000 + "end"
     yield ("ab " * 20_000)[:50_000]
@@ -128,10 +132,6 @@ def texts(rng):
 
 @pytest.mark.parametrize("context", [64, 500, 2048])
 def test_encode_prompt_refuses_only_what_the_whole_text_would(tokenizer, context):
-    import random
-
-    from baton.core.requests_io import encode_prompt
-
     for text in texts(random.Random(context)):
         whole = tokenizer.encode(text, add_special_tokens=True)
         try:
@@ -143,10 +143,7 @@ def test_encode_prompt_refuses_only_what_the_whole_text_would(tokenizer, context
 
 
 def test_encode_prompt_refuses_a_megabyte_prompt_from_a_small_head(tokenizer):
-    from baton.bench.tiny_models import CORPUS
-    from baton.core.requests_io import encode_prompt
-
-    text = (CORPUS * (2**20 // len(CORPUS) + 1))[: 2**20]
+    text = corpus_text(2**20)
     counting = Counting(tokenizer)
     with pytest.raises(ValidationError, match=r"^prompt: at least \d+ tokens in its first \d+ of 1048576"):
         encode_prompt(counting, text, 500)
