@@ -96,21 +96,35 @@ def head_cut(text: str, n: int) -> int:
     return n if cut < 0 else cut
 
 
-def encode_prompt(tokenizer: Any, text: str, context_length: int) -> list[int]:
-    """``text``'s token ids; a ValidationError naming ``prompt`` as soon as a head of it (at most half
-    the text) already has more tokens than the context holds."""
+def encode_prompt(
+    tokenizer: Any, text: str, context_length: int, *, field: str = "prompt", special: bool = True
+) -> list[int]:
+    """``text``'s token ids (``special``: with the tokenizer's BOS/EOS added); a ValidationError naming
+    ``field`` as soon as a head of it (at most half the text) already has more tokens than the context
+    holds."""
     n = HEAD_CHARS_PER_TOKEN * context_length
     while 2 * n < len(text):
         cut = head_cut(text, n)
-        head = len(tokenizer.encode(text[:cut], add_special_tokens=True))
+        head = len(tokenizer.encode(text[:cut], add_special_tokens=special))
         if head >= context_length + HEAD_SLACK:
             raise ValidationError(
-                "prompt",
+                field,
                 f"at least {head - HEAD_SLACK} tokens in its first {cut} of {len(text)} characters "
                 f"does not fit the model's context of {context_length}",
             )
         n *= HEAD_GROWTH
-    return tokenizer.encode(text, add_special_tokens=True)
+    return tokenizer.encode(text, add_special_tokens=special)
+
+
+def encode_chat(tokenizer: Any, messages: list, context_length: int) -> list[int]:
+    """The ids of ``messages`` through the model's chat template: the template renders text (cheap), which
+    is tokenised like a prompt, bounded by a head, and without added BOS/EOS, the way transformers'
+    ``apply_chat_template(tokenize=True)`` tokenises its rendering (the template writes its own)."""
+    try:
+        text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    except Exception as e:  # the model's own Jinja template may raise anything on odd input
+        raise ValidationError("messages", f"the model's chat template refused them ({e})"[:300]) from e
+    return encode_prompt(tokenizer, text, context_length, field="messages", special=False)
 
 
 def tokenize(spec: RequestSpec, tokenizer: Any, limits: ModelLimits) -> Request:
@@ -123,16 +137,7 @@ def tokenize(spec: RequestSpec, tokenizer: Any, limits: ModelLimits) -> Request:
         if spec.messages is not None:
             if not has_chat_template(tokenizer):
                 raise ValidationError("messages", "this model has no chat template: send prompt")
-            try:
-                ids = list(
-                    tokenizer.apply_chat_template(
-                        list(spec.messages), add_generation_prompt=True, tokenize=True, return_dict=False
-                    )
-                )
-            except Exception as e:  # the model's own Jinja template may raise anything on odd input
-                raise ValidationError(
-                    "messages", f"the model's chat template refused them ({e})"[:300]
-                ) from e
+            ids = encode_chat(tokenizer, list(spec.messages), limits.context_length)
         else:
             if spec.prompt == "":
                 raise ValidationError("prompt", "must not be empty")

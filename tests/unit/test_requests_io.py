@@ -9,7 +9,7 @@ import pytest
 from baton.bench.tiny_models import CORPUS
 from baton.core.errors import ValidationError
 from baton.core.params import SamplingParams
-from baton.core.requests_io import encode_prompt, parse_spec
+from baton.core.requests_io import encode_chat, encode_prompt, parse_spec
 
 
 def test_minimal_prompt_defaults():
@@ -110,6 +110,9 @@ class Counting:
         self.sizes.append(len(text))
         return self.tok.encode(text, add_special_tokens=add_special_tokens)
 
+    def apply_chat_template(self, *args, **kwargs):
+        return self.tok.apply_chat_template(*args, **kwargs)
+
 
 @pytest.fixture(scope="module")
 def tokenizer(model_dir):
@@ -152,3 +155,39 @@ def test_encode_prompt_refuses_a_megabyte_prompt_from_a_small_head(tokenizer):
     short = text[:1500]
     assert encode_prompt(counting, short, 500) == tokenizer.encode(short)
     assert counting.sizes == [1500]  # a text that may fit is tokenised once, whole
+
+
+@pytest.fixture(scope="module")
+def chat_tokenizer(chat_model_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(chat_model_dir("llama"))
+
+
+@pytest.mark.parametrize("context", [64, 500, 2048])
+def test_encode_chat_is_the_templates_own_tokenising_bounded(chat_tokenizer, context):
+    rng = random.Random(context)
+    for text in texts(rng):
+        messages = [
+            {"role": "system", "content": corpus_text(200, rng.randrange(len(CORPUS)))},
+            {"role": "user", "content": text},
+        ]
+        whole = chat_tokenizer.apply_chat_template(
+            messages, add_generation_prompt=True, tokenize=True, return_dict=False
+        )
+        try:
+            got = encode_chat(chat_tokenizer, messages, context)
+        except ValidationError as e:
+            assert e.field == "messages" and len(whole) >= context, (len(text), len(whole), str(e))
+            continue
+        assert got == list(whole)
+
+
+def test_encode_chat_refuses_a_megabyte_message_from_a_small_head(chat_tokenizer):
+    counting = Counting(chat_tokenizer)
+    messages = [{"role": "user", "content": corpus_text(2**20)}]
+    with pytest.raises(ValidationError, match=r"^messages: at least \d+ tokens in its first \d+ of 10"):
+        encode_chat(counting, messages, 500)
+    assert sum(counting.sizes) < 20_000, counting.sizes
+    with pytest.raises(ValidationError, match=r"^messages: the model's chat template refused them"):
+        encode_chat(chat_tokenizer, [{"role": "user", "content": "hi"}, 7], 500)
