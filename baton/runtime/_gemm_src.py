@@ -86,33 +86,53 @@ static inline void store_tile(__m512 (&acc)[MR][NR], const float* b, uint16_t* y
 // Small M (decode): weights widened in registers as they stream by. x is float32 [M, K]. Per k-pair,
 // the NR weight vectors of k = 2 kk are widened (a shift), every row's FMAs run, then those of
 // k = 2 kk + 1 (a mask of the same bytes, re-read from L1): MR x NR accumulators + NR weights.
-// ``pf``: the next column group's weights, fetched into L2 while this tile streams its own (the
-// first tile of a group reads from memory).
+// k-pairs [k0, k1) into ``acc``. SRC: WIDEN from ``w``; WIDEN_KEEP the same, also leaving the widened
+// vectors in ``buf`` (NR x 2 per k-pair); FROM_BUF reads them there instead of widening again.
+// ``pf``: the next column group's weights, fetched into L2 while the widening tile streams its own.
+enum { WIDEN, WIDEN_KEEP, FROM_BUF };
+template <int MR, int NR, int SRC>
+static inline void pairs_emu(__m512 (&acc)[MR][NR], const float* x, int64_t ldx, const uint16_t* w, int64_t K2,
+                             int64_t k0, int64_t k1, float* buf, const uint16_t* pf) {
+  const int64_t block = K2 * 32;
+  const __m512i hi = _mm512_set1_epi32(static_cast<int>(0xFFFF0000u));
+  for (int64_t kk = k0; kk < k1; ++kk) {
+    float* bk = SRC == WIDEN ? nullptr : buf + (kk - k0) * NR * 32;
+    __m512 wv[NR];
+    for (int j = 0; j < NR; ++j) {
+      if constexpr (SRC == FROM_BUF) {
+        wv[j] = _mm512_loadu_ps(bk + j * 16);
+      } else {
+        if (pf) _mm_prefetch(reinterpret_cast<const char*>(pf + j * block + kk * 32), _MM_HINT_T1);
+        wv[j] = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_loadu_si512(w + j * block + kk * 32), 16));
+        if constexpr (SRC == WIDEN_KEEP) _mm512_storeu_ps(bk + j * 16, wv[j]);
+      }
+    }
+    for (int i = 0; i < MR; ++i) {
+      const __m512 xb = _mm512_set1_ps(x[i * ldx + 2 * kk]);
+      for (int j = 0; j < NR; ++j) acc[i][j] = _mm512_fmadd_ps(xb, wv[j], acc[i][j]);
+    }
+    for (int j = 0; j < NR; ++j) {
+      if constexpr (SRC == FROM_BUF) {
+        wv[j] = _mm512_loadu_ps(bk + (NR + j) * 16);
+      } else {
+        wv[j] = _mm512_castsi512_ps(_mm512_and_si512(_mm512_loadu_si512(w + j * block + kk * 32), hi));
+        if constexpr (SRC == WIDEN_KEEP) _mm512_storeu_ps(bk + (NR + j) * 16, wv[j]);
+      }
+    }
+    for (int i = 0; i < MR; ++i) {
+      const __m512 xb = _mm512_set1_ps(x[i * ldx + 2 * kk + 1]);
+      for (int j = 0; j < NR; ++j) acc[i][j] = _mm512_fmadd_ps(xb, wv[j], acc[i][j]);
+    }
+  }
+}
+
 template <int MR, int NR>
 static inline void tile_emu(const float* x, int64_t ldx, const uint16_t* w, int64_t K2, const float* b,
                             uint16_t* y, int64_t ldy, const uint16_t* pf) {
   __m512 acc[MR][NR];
   for (int i = 0; i < MR; ++i)
     for (int j = 0; j < NR; ++j) acc[i][j] = _mm512_setzero_ps();
-  const int64_t block = K2 * 32;
-  const __m512i hi = _mm512_set1_epi32(static_cast<int>(0xFFFF0000u));
-  for (int64_t kk = 0; kk < K2; ++kk) {
-    __m512 wv[NR];
-    for (int j = 0; j < NR; ++j) {
-      if (pf) _mm_prefetch(reinterpret_cast<const char*>(pf + j * block + kk * 32), _MM_HINT_T1);
-      wv[j] = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_loadu_si512(w + j * block + kk * 32), 16));
-    }
-    for (int i = 0; i < MR; ++i) {
-      const __m512 xb = _mm512_set1_ps(x[i * ldx + 2 * kk]);
-      for (int j = 0; j < NR; ++j) acc[i][j] = _mm512_fmadd_ps(xb, wv[j], acc[i][j]);
-    }
-    for (int j = 0; j < NR; ++j)
-      wv[j] = _mm512_castsi512_ps(_mm512_and_si512(_mm512_loadu_si512(w + j * block + kk * 32), hi));
-    for (int i = 0; i < MR; ++i) {
-      const __m512 xb = _mm512_set1_ps(x[i * ldx + 2 * kk + 1]);
-      for (int j = 0; j < NR; ++j) acc[i][j] = _mm512_fmadd_ps(xb, wv[j], acc[i][j]);
-    }
-  }
+  pairs_emu<MR, NR, WIDEN>(acc, x, ldx, w, K2, 0, K2, nullptr, pf);
   store_tile<MR, NR>(acc, b, y, ldy);
 }
 
@@ -135,7 +155,59 @@ static inline void tile_panel(const float* x, int64_t ldx, const float* wf, int6
   store_tile<MR, NR>(acc, b, y, ldy);
 }
 
-constexpr int64_t PANEL_ROWS = 48;  // from this many rows on, widening the weights once pays
+// From this many rows on, widening a column group's weights once into a panel pays (measured against
+// rows_chunked: equal at 96 and 128 rows, panel ahead at 256, chunks ahead 8-10% at 48-64).
+constexpr int64_t PANEL_ROWS = 96;
+
+constexpr int64_t CHUNK = 64;  // k-pairs per chunk: NR x 2 x 16 floats each, 24 KiB at NR = 3
+constexpr int64_t CHUNK_ROWS = 16;  // measured: below 16 rows (one tile and a tail) it does not pay
+
+// One chunk of k-pairs for the tile whose accumulators wait at ``accm`` between chunks.
+template <int MR, int NR, int SRC>
+static inline void chunk_emu(float* accm, const float* x, int64_t ldx, const uint16_t* w, int64_t K2, int64_t k0,
+                             int64_t k1, float* buf, const uint16_t* pf) {
+  __m512 acc[MR][NR];
+  for (int i = 0; i < MR; ++i)
+    for (int j = 0; j < NR; ++j) acc[i][j] = _mm512_loadu_ps(accm + (i * NR + j) * 16);
+  pairs_emu<MR, NR, SRC>(acc, x, ldx, w, K2, k0, k1, buf, pf);
+  for (int i = 0; i < MR; ++i)
+    for (int j = 0; j < NR; ++j) _mm512_storeu_ps(accm + (i * NR + j) * 16, acc[i][j]);
+}
+
+template <int MR, int NR>
+static inline void finish_tile(const float* accm, const float* b, uint16_t* y, int64_t ldy) {
+  __m512 acc[MR][NR];
+  for (int i = 0; i < MR; ++i)
+    for (int j = 0; j < NR; ++j) acc[i][j] = _mm512_loadu_ps(accm + (i * NR + j) * 16);
+  store_tile<MR, NR>(acc, b, y, ldy);
+}
+
+// CHUNK_ROWS <= M < PANEL_ROWS (a few row tiles): the group's tiles go through K together, a chunk of
+// k-pairs at a time; the first tile widens the weights as tile_emu does and leaves them as float32 in an
+// L1 buffer, the other tiles (full 8-row tiles, then a tail of R rows) read them there, so the weights
+// are widened and streamed once per group instead of once per tile. Accumulators wait in memory between
+// chunks; each output still sums k = 0, 1, 2, ... in order, one FMA each: the same bits as tile_emu.
+template <int NR, int R>
+static inline void rows_chunked(const float* x, int64_t ldx, int64_t M, const uint16_t* w, int64_t K2,
+                                const float* b, uint16_t* y, int64_t ldy, const uint16_t* pf) {
+  constexpr int MR = 8;
+  constexpr int64_t TILE = MR * NR * 16;  // floats of one tile's accumulators
+  alignas(64) float buf[CHUNK * NR * 32];
+  const int64_t T = M / MR;  // full tiles, then the tail
+  thread_local std::vector<float> accs;
+  if (accs.size() < static_cast<size_t>((T + 1) * TILE)) accs.resize((T + 1) * TILE);
+  std::fill(accs.begin(), accs.begin() + (T + 1) * TILE, 0.0f);
+  for (int64_t k0 = 0; k0 < K2; k0 += CHUNK) {
+    const int64_t k1 = std::min<int64_t>(K2, k0 + CHUNK);
+    chunk_emu<MR, NR, WIDEN_KEEP>(accs.data(), x, ldx, w, K2, k0, k1, buf, pf);
+    for (int64_t t = 1; t < T; ++t)
+      chunk_emu<MR, NR, FROM_BUF>(accs.data() + t * TILE, x + t * MR * ldx, ldx, w, K2, k0, k1, buf, nullptr);
+    if constexpr (R > 0)
+      chunk_emu<R, NR, FROM_BUF>(accs.data() + T * TILE, x + T * MR * ldx, ldx, w, K2, k0, k1, buf, nullptr);
+  }
+  for (int64_t t = 0; t < T; ++t) finish_tile<MR, NR>(accs.data() + t * TILE, b, y + t * MR * ldy, ldy);
+  if constexpr (R > 0) finish_tile<R, NR>(accs.data() + T * TILE, b, y + T * MR * ldy, ldy);
+}
 
 template <int NR>
 static inline void gemm_rows_emu(const float* x, int64_t ldx, int64_t M, const uint16_t* w, int64_t K2,
@@ -154,6 +226,14 @@ static inline void gemm_rows_emu(const float* x, int64_t ldx, int64_t M, const u
         _mm512_storeu_ps(&panel[(j * K + 2 * kk + 1) * 16], _mm512_castsi512_ps(_mm512_and_si512(raw, hi)));
       }
     wf = panel.data();
+  }
+  if (!wf && M >= CHUNK_ROWS) {
+    switch (M % MR) {
+#define BATON_CHUNKED(R) case R: rows_chunked<NR, R>(x, ldx, M, w, K2, b, y, ldy, pf); return;
+      BATON_CHUNKED(0) BATON_CHUNKED(1) BATON_CHUNKED(2) BATON_CHUNKED(3) BATON_CHUNKED(4) BATON_CHUNKED(5)
+      BATON_CHUNKED(6) BATON_CHUNKED(7)
+#undef BATON_CHUNKED
+    }
   }
   int64_t m = 0;
   for (; m + MR <= M; m += MR) {

@@ -85,7 +85,7 @@ def _cpu_tag() -> str:
 # SIGKILLed worker, a cancelled job) leaves it behind and every later load would hang. A build takes
 # about a minute here, so a lock this old is stale.
 STALE_LOCK_S = 900.0
-_NAME = f"baton_kernels_v22_{_cpu_tag()}"  # -march=native: one build per CPU kind
+_NAME = f"baton_kernels_v23_{_cpu_tag()}"  # -march=native: one build per CPU kind
 
 
 def clear_stale_lock(name: str = _NAME, max_age_s: float = STALE_LOCK_S) -> bool:
