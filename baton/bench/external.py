@@ -354,7 +354,8 @@ class VLLM(System):
             text=True,
             start_new_session=True,  # its engine's worker processes go with it in close()
         )
-        versions = json.loads(self._expect("BATON-READY") or "{}")
+        # the JSON object first: the engine's own processes share this stdout and may finish the line
+        versions, _ = json.JSONDecoder().raw_decode(self._expect("BATON-READY") or "{}")
         self.meta = {"engine_start_s": time.time() - t0, **versions, "log": str(log_path), "mode": "serve"}
         if warmup:
             self._serve_run(warmup)
@@ -374,7 +375,7 @@ class VLLM(System):
         path.write_text(json.dumps(self._run_spec(f"run{self._runs}", trace)))
         self._proc.stdin.write(f"{path}\n")
         self._proc.stdin.flush()
-        out = self._expect("BATON-DONE")
+        out = self._expect("BATON-DONE").split()[0]  # a temp path, no spaces; the engine may add text
         return self._result(trace, json.loads(Path(out).read_text()))
 
     def close(self) -> None:
