@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from baton.runtime import _gemm_src
+from baton.runtime import _gemm_src, kernels
 
 _BIND = r"""
 #include <torch/extension.h>
@@ -52,8 +52,8 @@ def build(source: str):
     return load_inline(
         name=f"baton_gemm_ab_{tag}",
         cpp_sources=[source + _BIND],
-        extra_cflags=["-O3", "-march=native", "-fopenmp"],
-        extra_ldflags=["-fopenmp"],
+        extra_cflags=list(kernels.CFLAGS),
+        extra_ldflags=list(kernels.LDFLAGS),
     )
 
 

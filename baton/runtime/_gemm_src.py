@@ -156,7 +156,7 @@ static inline void tile_panel(const float* x, int64_t ldx, const float* wf, int6
 }
 
 // From this many rows on, widening a column group's weights once into a panel pays (measured against
-// rows_chunked: equal at 96 and 128 rows, panel ahead at 256, chunks ahead 8-10% at 48-64).
+// rows_chunked: about equal at 96 and 128 rows, panel ahead at 256, chunks ahead 4-10% at 48-64).
 constexpr int64_t PANEL_ROWS = 96;
 
 constexpr int64_t CHUNK = 64;  // k-pairs per chunk: NR x 2 x 16 floats each, 24 KiB at NR = 3
@@ -214,6 +214,14 @@ static inline void gemm_rows_emu(const float* x, int64_t ldx, int64_t M, const u
                                  const float* b, uint16_t* y, int64_t ldy, std::vector<float>& panel,
                                  const uint16_t* pf) {
   constexpr int MR = 8;  // 8 x 3 accumulators + 3 weight registers
+  if (M >= CHUNK_ROWS && M < PANEL_ROWS) {
+    switch (M % MR) {
+#define BATON_CHUNKED(R) case R: rows_chunked<NR, R>(x, ldx, M, w, K2, b, y, ldy, pf); return;
+      BATON_CHUNKED(0) BATON_CHUNKED(1) BATON_CHUNKED(2) BATON_CHUNKED(3) BATON_CHUNKED(4) BATON_CHUNKED(5)
+      BATON_CHUNKED(6) BATON_CHUNKED(7)
+#undef BATON_CHUNKED
+    }
+  }
   const int64_t K = 2 * K2;
   const float* wf = nullptr;
   if (M >= PANEL_ROWS) {
@@ -226,14 +234,6 @@ static inline void gemm_rows_emu(const float* x, int64_t ldx, int64_t M, const u
         _mm512_storeu_ps(&panel[(j * K + 2 * kk + 1) * 16], _mm512_castsi512_ps(_mm512_and_si512(raw, hi)));
       }
     wf = panel.data();
-  }
-  if (!wf && M >= CHUNK_ROWS) {
-    switch (M % MR) {
-#define BATON_CHUNKED(R) case R: rows_chunked<NR, R>(x, ldx, M, w, K2, b, y, ldy, pf); return;
-      BATON_CHUNKED(0) BATON_CHUNKED(1) BATON_CHUNKED(2) BATON_CHUNKED(3) BATON_CHUNKED(4) BATON_CHUNKED(5)
-      BATON_CHUNKED(6) BATON_CHUNKED(7)
-#undef BATON_CHUNKED
-    }
   }
   int64_t m = 0;
   for (; m + MR <= M; m += MR) {

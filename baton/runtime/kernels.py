@@ -85,7 +85,9 @@ def _cpu_tag() -> str:
 # SIGKILLed worker, a cancelled job) leaves it behind and every later load would hang. A build takes
 # about a minute here, so a lock this old is stale.
 STALE_LOCK_S = 900.0
-_NAME = f"baton_kernels_v23_{_cpu_tag()}"  # -march=native: one build per CPU kind
+CFLAGS = ("-O3", "-march=native", "-fopenmp")  # also what bench.gemm_ab builds with
+LDFLAGS = ("-fopenmp",)
+_NAME = f"baton_kernels_v24_{_cpu_tag()}"  # -march=native: one build per CPU kind
 
 
 def clear_stale_lock(name: str = _NAME, max_age_s: float = STALE_LOCK_S) -> bool:
@@ -119,8 +121,8 @@ def _load() -> bool:
                 load_inline(
                     name=_NAME,
                     cpp_sources=[_attention_src.SOURCE, _gemm_src.SOURCE, _forward_src.SOURCE, _GLUE],
-                    extra_cflags=["-O3", "-march=native", "-fopenmp"],
-                    extra_ldflags=["-fopenmp"],
+                    extra_cflags=list(CFLAGS),
+                    extra_ldflags=list(LDFLAGS),
                     is_python_module=False,
                     verbose=False,
                 )
