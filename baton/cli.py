@@ -130,6 +130,21 @@ def _add_cluster_args(p: argparse.ArgumentParser) -> None:
         "CPU node borrow each other's cores while the other has no work)",
     )
     g.add_argument(
+        "--spill-prefill-tokens",
+        type=int,
+        default=0,
+        help="> 0: on a CPU node whose workers ask for more CPUs than it has (e.g. --prefill-workers 2 on 2 "
+        "cores), prefill workers beyond the first run on the decode worker's cores and take calls only "
+        "while this many prompt tokens wait, e.g. 1024 (default 0: off, all prefill workers alike)",
+    )
+    g.add_argument(
+        "--spill-nice",
+        type=int,
+        default=4,
+        help="nice levels those spill prefill workers run below the others (capped at nice 19; Ray's workers "
+        "run at 15), so the decode worker keeps most of its cores",
+    )
+    g.add_argument(
         "--local",
         action="store_true",
         help="run policy baton in this process (prefill on a thread) instead of on Ray actors",
@@ -163,6 +178,8 @@ def cluster_config(args: argparse.Namespace):
         max_restarts=args.max_restarts,
         max_request_retries=args.max_request_retries,
         share_cores=args.share_cores,
+        spill_prefill_tokens=args.spill_prefill_tokens,
+        spill_nice=args.spill_nice,
         prefill_num_cpus=args.prefill_num_cpus,
         decode_num_cpus=args.decode_num_cpus,
         prefill_num_gpus=gpus if args.prefill_num_gpus is None else args.prefill_num_gpus,

@@ -149,6 +149,12 @@ class Cluster:
             log(
                 f"{share.prefill_id} and {share.decode_id} share their node's cores while one is idle "
                 "(--no-share-cores: fixed threads)"
+                + (
+                    f"; {', '.join(share.spill_ids)} run on {share.decode_id}'s cores {cfg.spill_nice} nice levels lower "
+                    f"while >= {cfg.spill_prefill_tokens} prompt tokens wait"
+                    if share.spill_ids
+                    else ""
+                )
             )
         return self
 

@@ -119,12 +119,14 @@ class Router:
         # Prefill/decode pairs alone on a CPU node lend each other idle cores (baton.core.policy).
         self.shares: list[CoreShare] = []
         if cfg.share_cores and not cfg.device.startswith("cuda"):
+            known = [(w, info) for w in self.prefill + self.decode if (info := self.infos.get(w.worker_id))]
             self.shares = core_shares(
-                [
-                    (w.worker_id, w.role, info.get("node_id", ""), int(info.get("threads", 1)))
-                    for w in self.prefill + self.decode
-                    if (info := self.infos.get(w.worker_id)) is not None
-                ]
+                [(w.worker_id, w.role, i.get("node_id", ""), int(i.get("threads", 1))) for w, i in known],
+                # Nodes' cores known only with spill workers on: else a node of several prefill workers keeps
+                # fixed threads, every prefill worker taking calls alike.
+                {i.get("node_id", ""): int(i.get("node_cpus", 0)) for _, i in known}
+                if cfg.spill_prefill_tokens
+                else None,
             )
         self.lent_calls = 0  # prefill calls that ran on an idle decode worker's cores too
 
@@ -137,6 +139,21 @@ class Router:
         self._tasks.append(asyncio.create_task(self._monitor(), name="prefill-monitor"))
         for w in self.decode:
             self._start_pump(w)
+        for w in self.prefill:
+            self._yield_cores(w)
+
+    def _yield_cores(self, w: Worker) -> None:
+        """A spill worker runs at a lower CPU priority (``spill_nice``), so on the cores it shares
+        the decode worker keeps most of the time."""
+        if w.worker_id in self._spill_ids() and self.cfg.spill_nice > 0:
+            self.spawn(self._set_nice(w, self.cfg.spill_nice))
+
+    async def _set_nice(self, w: Worker, nice: int) -> None:
+        try:
+            got = await w.handle.set_nice.remote(nice)
+            log.info("prefill worker %s (spill): CPU priority nice %d", w.worker_id, got)
+        except Exception as e:  # the worker is gone: the monitor notices
+            log.debug("prefill worker %s: set_nice failed: %s", w.worker_id, e)
 
     def _start_pump(self, w: Worker) -> None:
         self._tasks.append(asyncio.create_task(self._pump(w, w.epoch), name=f"pump-{w.worker_id}"))
@@ -247,6 +264,8 @@ class Router:
             w.set_state(LIVE, f"restarted; model loaded in {info.get('startup_s', 0.0):.1f} s")
             if w.role == "decode":
                 self._start_pump(w)
+            else:
+                self._yield_cores(w)
             self._place()
             self._wake.set()
             self._changed()
@@ -340,9 +359,15 @@ class Router:
                     len(self.pending), self.in_prefill, self._decode_free(), self.cfg.prefill_ahead
                 )
                 idle = [w for w in self.prefill if w.live and w.calls < self.cfg.prefill_calls_per_worker]
+                spill = self._spill_ids()
+                if spill:
+                    idle = [w for w in idle if w.worker_id not in spill or self._may_spill(w)]
                 if budget <= 0 or not idle:
                     break
-                w = min(idle, key=lambda x: (x.outstanding_tokens, x.calls, x.dispatched))
+                # A spill worker (on a decode worker's cores) only when no other worker can take the call.
+                w = min(
+                    idle, key=lambda x: (x.worker_id in spill, x.outstanding_tokens, x.calls, x.dispatched)
+                )
                 w.dispatched += 1
                 count = prefill_take(
                     [st.work_len for st in self.waiting],
@@ -353,6 +378,7 @@ class Router:
                 batch = [self.waiting.popleft() for _ in range(count)]
                 tokens = sum(st.work_len for st in batch)
                 threads = self._prefill_threads(w)
+                w.lent += threads > 0
                 w.outstanding_tokens += tokens
                 w.calls += 1
                 self.in_prefill += len(batch)
@@ -362,21 +388,37 @@ class Router:
     # ------------------------------------------------------------------ shared cores
     def _share(self, worker_id: str) -> tuple[CoreShare, Worker, Worker] | None:
         for s in self.shares:
-            if worker_id in (s.prefill_id, s.decode_id):
+            if worker_id in (s.prefill_id, s.decode_id, *s.spill_ids):
                 p = next(w for w in self.prefill if w.worker_id == s.prefill_id)
                 d = next(w for w in self.decode if w.worker_id == s.decode_id)
                 return s, p, d
         return None
 
+    def _spill_ids(self) -> set[str]:
+        return {wid for s in self.shares for wid in s.spill_ids}
+
+    def _node_busy(self, share: CoreShare) -> bool:
+        """A prefill call of the share's partner or of one of its spill workers is in flight."""
+        ids = {share.prefill_id, *share.spill_ids}
+        return any(w.calls > 0 for w in self.prefill if w.worker_id in ids and w.live)
+
+    def _may_spill(self, w: Worker) -> bool:
+        found = self._share(w.worker_id)
+        if found is None:
+            return True
+        share, p, _ = found
+        waiting = sum(st.work_len for st in self.waiting)
+        return share.spill_allowed(waiting, self.cfg.spill_prefill_tokens, partner_lent=p.lent > 0)
+
     def _prefill_threads(self, w: Worker) -> int:
         """Threads of the call about to go to ``w``: its own, plus its decode partner's when that one
         holds no row and nothing is on its way to it (0: the worker's own, unchanged)."""
         found = self._share(w.worker_id)
-        if found is None:
-            return 0
+        if found is None or w.worker_id != found[0].prefill_id:
+            return 0  # not shared, or a spill worker: its own threads
         share, _, d = found
         decode_idle = d.live and d.assigned == 0 and not self.pending
-        n = share.prefill_threads(decode_idle, prefill_busy=w.calls > 0)
+        n = share.prefill_threads(decode_idle, prefill_busy=self._node_busy(share))
         if n == share.prefill_cpus:
             return 0
         self.lent_calls += 1
@@ -389,10 +431,10 @@ class Router:
             found = self._share(share.decode_id)
             if found is None:
                 continue
-            _, p, d = found
+            _, _, d = found
             if not d.live:
                 continue
-            want = share.decode_threads(prefill_busy=p.live and p.calls > 0)
+            want = share.decode_threads(prefill_busy=self._node_busy(share))
             if want != (d.threads or share.decode_cpus):
                 d.threads = want
                 log.debug("decode worker %s: %d threads", d.worker_id, want)
@@ -422,6 +464,7 @@ class Router:
         finally:
             w.outstanding_tokens -= tokens
             w.calls -= 1
+            w.lent -= threads > 0
             self.in_prefill -= len(batch)
         if results is not None:
             for st, res in zip(batch, results, strict=True):

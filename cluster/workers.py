@@ -36,6 +36,7 @@ class Worker:
     restarts: int = 0  # restarts this router has seen begin
     epoch: int = 0  # bumped when the worker is lost: answers from before that are stale
     threads: int = 0  # decode: the torch threads last asked of it (cores lent by a prefill worker)
+    lent: int = 0  # prefill: calls in flight that run on a decode worker's cores too
 
     @property
     def live(self) -> bool:

@@ -48,6 +48,7 @@ class DecodeWorker:
             "node_id": ray.get_runtime_context().get_node_id(),
             "max_rows": self.loop.batch.max_rows,
             "threads": torch.get_num_threads(),
+            "node_cpus": len(os.sched_getaffinity(0)),
             **self.lm.describe(),
         }
 

@@ -43,9 +43,22 @@ class PrefillWorker:
             "host": socket.gethostname(),
             "node_id": ray.get_runtime_context().get_node_id(),
             "threads": torch.get_num_threads(),
+            "node_cpus": len(os.sched_getaffinity(0)),
             "padded_prefill": self.engine.padded,
             **self.lm.describe(),
         }
+
+    def set_nice(self, lower: int) -> int:
+        """Lower this process's CPU priority by ``lower`` nice levels (capped at 19; every thread,
+        and threads started later inherit it) for a spill worker sharing a decode worker's cores;
+        returns the nice value now. (Ray starts its workers at nice 15 already.)"""
+        for tid in os.listdir("/proc/self/task"):
+            try:
+                now = os.getpriority(os.PRIO_PROCESS, int(tid))
+                os.setpriority(os.PRIO_PROCESS, int(tid), min(19, now + max(0, lower)))
+            except OSError:  # a thread that just ended
+                pass
+        return os.getpriority(os.PRIO_PROCESS, os.getpid())
 
     def prefill(self, requests: list[Request], threads: int = 0) -> list[PrefillResult]:
         """Prefill a batch; each query's KV array is put in the object store by this worker.

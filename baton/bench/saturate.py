@@ -14,7 +14,8 @@ baton variant to the best vLLM setting.
 System names: ``baton:P+D`` is baton on a local Ray cluster with a prefill worker of P CPUs and a
 decode worker of D CPUs (their torch threads; P+D above the machine's cores oversubscribes; each
 borrows the other's cores while the other is idle, ``baton:P+D/fixed`` keeps them fixed;
-``/budget=N``: N prompt tokens per prefill call instead of the default),
+``/budget=N``: N prompt tokens per prefill call instead of the default; ``/prefill=N``: N prefill
+workers of P CPUs each, those beyond the cores running on the decode worker's at ``/nice=K``),
 ``baton-local`` the in-process engine (prefill thread + decode loop), ``orca``/``colocated``/``static``
 the in-process baselines, ``vllm:DTYPE`` vLLM's CPU build (eager) in its own venv.
 """
@@ -96,8 +97,14 @@ def system_config(name: str, base: BenchConfig) -> tuple[str, BenchConfig]:
                 cfg = replace(cfg, share_cores=False)
             elif mode.startswith("budget=") and mode[7:].isdigit():
                 cfg = replace(cfg, max_prefill_tokens=int(mode[7:]))
+            elif mode.startswith("prefill=") and mode[8:].isdigit() and int(mode[8:]) >= 1:
+                cfg = replace(cfg, prefill_workers=int(mode[8:]))
+            elif mode.startswith("nice=") and mode[5:].isdigit():
+                cfg = replace(cfg, spill_nice=int(mode[5:]))
             else:
-                raise ValueError(f"systems: {name!r}: modes after '/' are 'fixed' and 'budget=N'")
+                raise ValueError(
+                    f"systems: {name!r}: modes after '/' are 'fixed', 'budget=N', 'prefill=N', 'nice=N'"
+                )
         return "baton", cfg
     return kind, base
 

@@ -48,6 +48,9 @@ class BenchConfig:
     log_path: str | None = None  # the vLLM subprocess's log
     prefill_cpus: float = 1.0  # baton on Ray: CPUs (torch threads) of the prefill and decode worker
     decode_cpus: float = 1.0
+    prefill_workers: int = 1  # baton on Ray: prefill workers of prefill_cpus each
+    spill_prefill_tokens: int = 1024  # baton on Ray: with prefill_workers beyond the cores (spill workers)
+    spill_nice: int = 4  # baton on Ray: nice levels below the others of spill prefill workers
     share_cores: bool = True  # baton on Ray: the two workers lend each other idle cores
     max_prefill_tokens: int = 0  # baton on Ray: prompt tokens per prefill call (0: the default)
     runtime: str = "auto"  # baton's runtime and dtype on Ray
@@ -130,7 +133,10 @@ class BatonRay(System):
                 address="local",
                 # Logical CPUs for several clusters at once (a benchmark may keep more than one
                 # system up and run them in turns); the workers' threads follow their own num_cpus.
-                num_cpus=max(4 * (os.cpu_count() or 1), math.ceil(cfg.prefill_cpus + cfg.decode_cpus)),
+                num_cpus=max(
+                    16 * (os.cpu_count() or 1),
+                    math.ceil(cfg.prefill_workers * cfg.prefill_cpus + cfg.decode_cpus),
+                ),
                 object_store_memory=1 << 30,
                 _node_ip_address="127.0.0.1",
                 include_dashboard=False,
@@ -140,7 +146,9 @@ class BatonRay(System):
         self.cluster = Cluster(
             ClusterConfig(
                 model=cfg.model,
-                prefill_workers=1,
+                prefill_workers=cfg.prefill_workers,
+                spill_prefill_tokens=cfg.spill_prefill_tokens,
+                spill_nice=cfg.spill_nice,
                 decode_workers=1,
                 prefill_num_cpus=cfg.prefill_cpus,
                 decode_num_cpus=cfg.decode_cpus,

@@ -102,11 +102,19 @@ class ClusterConfig(ServingConfig):
     # A prefill and a decode worker alone on one CPU node borrow each other's cores while the other
     # is idle (baton.core.policy.CoreShare); off: fixed threads.
     share_cores: bool = True
+    # > 0: prefill workers beyond the first on a node whose workers ask for more CPUs than it has
+    # run on the decode worker's cores, time-shared: they take a call only while this many prompt
+    # tokens wait undispatched (a burst), and idle otherwise (CoreShare.spill_allowed). 0: off, every
+    # prefill worker takes calls alike.
+    spill_prefill_tokens: int = 0
+    spill_nice: int = 4  # nice levels they run below the other workers (capped at nice 19)
 
     def __post_init__(self) -> None:
         super().__post_init__()
         _at_least(self, ("prefill_workers", "decode_workers", "max_queue", "prefill_calls_per_worker"), 1)
-        _at_least(self, ("max_restarts", "max_request_retries"), 0)
+        _at_least(self, ("max_restarts", "max_request_retries", "spill_prefill_tokens", "spill_nice"), 0)
+        if self.spill_nice > 19:
+            raise ValueError(f"spill_nice: must be 0..19, got {self.spill_nice}")
         for name in ("restart_timeout_s", "ping_interval_s", "poll_timeout_s"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name}: must be > 0, got {getattr(self, name)}")

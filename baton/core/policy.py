@@ -8,7 +8,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 
@@ -94,35 +94,59 @@ class CoreShare:
     a burst, the prefill side in its tail and between arrivals).
 
     - A prefill call borrows the decode worker's cores when, at dispatch, the decode worker holds no
-      row and nothing is on its way to it, and no other call of this prefill worker is in flight (so
+      row and nothing is on its way to it, and no other prefill call on the node is in flight (so
       nothing can reach the decode side while the call runs: its rows come from prefills).
-    - The decode worker borrows the prefill worker's cores while that worker has no call in flight.
+    - The decode worker borrows the prefill workers' cores while none of them has a call in flight.
       When a call is dispatched the cores go back at the decode worker's next step (one step of
       overlap at most): a decode step never waits for a prefill.
+    - Spill workers (``spill_ids``): further prefill workers on a node whose workers ask for more
+      CPUs than it has, i.e. running on the decode worker's cores, time-shared with it. They take a
+      call only while a backlog waits (``spill_allowed``): on a burst, the prompts' compute gets a
+      share of the decode worker's cores too, so first tokens come sooner while decode steps run
+      slower (they still never wait for a prefill); when the backlog is gone, they idle and the
+      decode worker has its cores back.
     """
 
     prefill_id: str
     decode_id: str
     prefill_cpus: int
     decode_cpus: int
+    spill_ids: tuple[str, ...] = ()
 
     def prefill_threads(self, decode_idle: bool, prefill_busy: bool) -> int:
+        """Threads of a call to the partner; ``prefill_busy``: any prefill call on the node in flight."""
         return self.prefill_cpus + (self.decode_cpus if decode_idle and not prefill_busy else 0)
 
     def decode_threads(self, prefill_busy: bool) -> int:
+        """``prefill_busy``: the partner or a spill worker has a call in flight."""
         return self.decode_cpus + (0 if prefill_busy else self.prefill_cpus)
 
+    @staticmethod
+    def spill_allowed(waiting_tokens: int, threshold: int, partner_lent: bool) -> bool:
+        """May a spill worker take a call? Only while ``threshold`` prompt tokens wait undispatched,
+        and never while the partner runs on the decode worker's cores (three pools on two)."""
+        return not partner_lent and waiting_tokens >= threshold
 
-def core_shares(workers: Sequence[tuple[str, str, str, int]]) -> list[CoreShare]:
-    """Pairs of (prefill, decode) workers that share a node: ``workers`` are (worker_id, role,
-    node_id, cpus). Only a node with exactly one prefill and one decode worker shares (with more,
-    who lends to whom is not one obvious answer; those nodes keep fixed threads)."""
+
+def core_shares(
+    workers: Sequence[tuple[str, str, str, int]], node_cpus: Mapping[str, int] | None = None
+) -> list[CoreShare]:
+    """Prefill/decode workers that share a node: ``workers`` are (worker_id, role, node_id, cpus),
+    ``node_cpus`` each node's cores. A node with one decode worker and one prefill worker shares;
+    with more prefill workers, only when their CPUs together exceed the node's cores (they are
+    oversubscribed onto the decode worker's): the first is the partner, the others spill workers.
+    Other nodes (several decode workers, or enough cores for all) keep fixed threads."""
     nodes: dict[str, dict[str, list[tuple[str, int]]]] = {}
     for wid, role, node, cpus in workers:
-        nodes.setdefault(node, {"prefill": [], "decode": []})[role].append((wid, cpus))
+        nodes.setdefault(node, {"prefill": [], "decode": []})[role].append((wid, max(1, cpus)))
     shares = []
-    for roles in nodes.values():
-        if len(roles["prefill"]) == 1 and len(roles["decode"]) == 1:
-            (p, pc), (d, dc) = roles["prefill"][0], roles["decode"][0]
-            shares.append(CoreShare(p, d, max(1, pc), max(1, dc)))
+    for node, roles in nodes.items():
+        pre, dec = roles["prefill"], roles["decode"]
+        if len(dec) != 1 or not pre:
+            continue
+        cores = (node_cpus or {}).get(node, 0)
+        if len(pre) > 1 and not (cores and sum(c for _, c in pre + dec) > cores):
+            continue
+        (p, pc), (d, dc) = pre[0], dec[0]
+        shares.append(CoreShare(p, d, pc, dc, tuple(w for w, _ in pre[1:])))
     return shares

@@ -189,3 +189,34 @@ def test_prefill_and_decode_lend_each_other_idle_cores(model_dir, tiny_lm, share
     assert_exact(lm, [long, *reqs[1:]], rest)
     # With no prefill in flight at the end of the run, the decode loop ran on 2 threads (1 without sharing).
     assert loads[0] is not None and loads[0].threads == (2 if share else 1)
+
+
+@pytest.mark.parametrize("spill_tokens", [1, 10**9])
+def test_spill_prefill_worker_runs_only_while_a_backlog_waits(model_dir, tiny_lm, spill_tokens):
+    """Two prefill workers and a decode worker asking for more CPUs than this node has: the second
+    prefill worker runs on the decode worker's cores and takes calls only while ``spill_tokens``
+    prompt tokens wait. Exact either way."""
+    import os
+
+    if len(os.sched_getaffinity(0)) >= 4:
+        pytest.skip("needs a node with fewer cores than the 4 threads asked for here (CI has 2)")
+    lm = tiny_lm("llama")
+    cfg = _cfg(model_dir("llama"), 2, 1, decode_num_cpus=2.5, spill_prefill_tokens=spill_tokens)
+    reqs = make_queries(lm, seed=9, n=24)
+    with Cluster(cfg).start(log=_quiet) as cluster:
+        router = cluster.router
+        assert [s.spill_ids for s in router.shares] == [("prefill-1",)]
+        # The spill worker runs spill_nice levels below the others (Ray's workers start at 15; capped at 19).
+        pids = {i["worker_id"]: i["pid"] for i in cluster.infos}
+        base = os.getpriority(os.PRIO_PROCESS, pids["prefill-0"])
+        want = min(19, base + cfg.spill_nice)
+        assert _wait_until(lambda: os.getpriority(os.PRIO_PROCESS, pids["prefill-1"]) == want), (base, want)
+        assert os.getpriority(os.PRIO_PROCESS, pids["decode-0"]) == base
+        results = cluster.run_trace([(r, 0.0) for r in reqs])  # a burst: the backlog is deep at first
+        loads = [w.load for w in router.decode]
+    assert all(c.error is None for c in results), [c.error for c in results if c.error]
+    assert_exact(lm, reqs, results)
+    used = {c.timings["prefill_worker"] for c in results}
+    assert used == ({"prefill-0", "prefill-1"} if spill_tokens == 1 else {"prefill-0"})
+    # Once no prefill is in flight, the decode worker has its cores and the partner's (2 + 1 threads).
+    assert loads[0] is not None and loads[0].threads == 3

@@ -207,3 +207,27 @@ def test_core_shares_pair_one_prefill_with_one_decode_per_node():
         CoreShare("prefill-2", "decode-4", 1, 1),
     ]
     assert core_shares([]) == []
+
+
+def test_core_shares_make_extra_prefill_workers_spill_only_on_an_oversubscribed_node():
+    workers = [
+        ("prefill-0", "prefill", "n1", 1),
+        ("prefill-1", "prefill", "n1", 1),
+        ("decode-0", "decode", "n1", 1),
+        ("prefill-2", "prefill", "n2", 2),  # n2 has cores enough for all: no sharing
+        ("prefill-3", "prefill", "n2", 2),
+        ("decode-1", "decode", "n2", 4),
+    ]
+    assert core_shares(workers, {"n1": 2, "n2": 8}) == [
+        CoreShare("prefill-0", "decode-0", 1, 1, ("prefill-1",))
+    ]
+    # Without the nodes' cores known, several prefill workers on one node never share.
+    assert core_shares(workers) == []
+
+
+def test_spill_workers_wait_for_a_backlog_and_never_run_beside_a_lent_call():
+    assert CoreShare.spill_allowed(waiting_tokens=2000, threshold=1024, partner_lent=False)
+    assert not CoreShare.spill_allowed(waiting_tokens=1000, threshold=1024, partner_lent=False)
+    # The partner is on the decode worker's cores already: a spill call would make three pools on two.
+    assert not CoreShare.spill_allowed(waiting_tokens=2000, threshold=1024, partner_lent=True)
+    assert CoreShare.spill_allowed(waiting_tokens=0, threshold=0, partner_lent=False)
