@@ -231,3 +231,31 @@ def test_spill_workers_wait_for_a_backlog_and_never_run_beside_a_lent_call():
     # The partner is on the decode worker's cores already: a spill call would make three pools on two.
     assert not CoreShare.spill_allowed(waiting_tokens=2000, threshold=1024, partner_lent=True)
     assert CoreShare.spill_allowed(waiting_tokens=0, threshold=0, partner_lent=False)
+
+
+def test_spill_flags_reach_the_cluster_config_and_bad_values_name_the_field():
+    from baton.cli import build_parser, cluster_config
+    from baton.core.config import ClusterConfig
+
+    args = build_parser().parse_args(
+        [
+            "serve",
+            "--model",
+            "m",
+            "--prefill-workers",
+            "2",
+            "--spill-prefill-tokens",
+            "1024",
+            "--spill-nice",
+            "3",
+        ]
+    )
+    cfg = cluster_config(args)
+    assert (cfg.prefill_workers, cfg.spill_prefill_tokens, cfg.spill_nice) == (2, 1024, 3)
+    assert ClusterConfig(model="m").spill_prefill_tokens == 0  # off unless asked for
+    for kw, field in (
+        ({"spill_nice": 20}, "spill_nice"),
+        ({"spill_prefill_tokens": -1}, "spill_prefill_tokens"),
+    ):
+        with pytest.raises(ValueError, match=field):
+            ClusterConfig(model="m", **kw)
