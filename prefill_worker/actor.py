@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import time
@@ -29,6 +30,7 @@ class PrefillWorker:
         self.lm = load_serving_model(cfg)
         self.engine = PrefillEngine(self.lm, cfg.max_prefill_tokens)
         self.startup_s = time.time() - t0
+        self._nice_base: int | None = None  # set_nice: this process's nice value before it
 
     def pid(self) -> int:
         """This worker's process id (the router pings idle workers with it; tests kill it)."""
@@ -51,13 +53,16 @@ class PrefillWorker:
     def set_nice(self, lower: int) -> int:
         """Lower this process's CPU priority by ``lower`` nice levels (capped at 19; every thread,
         and threads started later inherit it) for a spill worker sharing a decode worker's cores;
-        returns the nice value now. (Ray starts its workers at nice 15 already.)"""
+        returns the nice value now. (Ray starts its workers at nice 15 already.) Idempotent: levels
+        count from the nice value this worker had at its first call."""
+        if self._nice_base is None:
+            self._nice_base = os.getpriority(os.PRIO_PROCESS, os.getpid())
+        want = min(19, self._nice_base + max(0, lower))
         for tid in os.listdir("/proc/self/task"):
-            try:
-                now = os.getpriority(os.PRIO_PROCESS, int(tid))
-                os.setpriority(os.PRIO_PROCESS, int(tid), min(19, now + max(0, lower)))
-            except OSError:  # a thread that just ended
-                pass
+            with contextlib.suppress(OSError):  # a thread that just ended
+                os.setpriority(
+                    os.PRIO_PROCESS, int(tid), max(want, os.getpriority(os.PRIO_PROCESS, int(tid)))
+                )
         return os.getpriority(os.PRIO_PROCESS, os.getpid())
 
     def prefill(self, requests: list[Request], threads: int = 0) -> list[PrefillResult]:
