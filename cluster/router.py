@@ -129,6 +129,7 @@ class Router:
                 else None,
             )
         self.lent_calls = 0  # prefill calls that ran on an idle decode worker's cores too
+        self.spill_ids = frozenset(wid for share in self.shares for wid in share.spill_ids)
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -145,7 +146,7 @@ class Router:
     def _yield_cores(self, w: Worker) -> None:
         """A spill worker runs at a lower CPU priority (``spill_nice``), so on the cores it shares
         the decode worker keeps most of the time."""
-        if w.worker_id in self._spill_ids() and self.cfg.spill_nice > 0:
+        if w.worker_id in self.spill_ids and self.cfg.spill_nice > 0:
             self.spawn(self._set_nice(w, self.cfg.spill_nice))
 
     async def _set_nice(self, w: Worker, nice: int) -> None:
@@ -359,7 +360,7 @@ class Router:
                     len(self.pending), self.in_prefill, self._decode_free(), self.cfg.prefill_ahead
                 )
                 idle = [w for w in self.prefill if w.live and w.calls < self.cfg.prefill_calls_per_worker]
-                spill = self._spill_ids()
+                spill = self.spill_ids
                 if spill:
                     idle = [w for w in idle if w.worker_id not in spill or self._may_spill(w)]
                 if budget <= 0 or not idle:
@@ -394,19 +395,13 @@ class Router:
                 return s, p, d
         return None
 
-    def _spill_ids(self) -> set[str]:
-        return {wid for s in self.shares for wid in s.spill_ids}
-
     def _node_busy(self, share: CoreShare) -> bool:
         """A prefill call of the share's partner or of one of its spill workers is in flight."""
         ids = {share.prefill_id, *share.spill_ids}
         return any(w.calls > 0 for w in self.prefill if w.worker_id in ids and w.live)
 
     def _may_spill(self, w: Worker) -> bool:
-        found = self._share(w.worker_id)
-        if found is None:
-            return True
-        share, p, _ = found
+        share, p, _ = self._share(w.worker_id)  # a spill worker always belongs to a share
         waiting = sum(st.work_len for st in self.waiting)
         return share.spill_allowed(waiting, self.cfg.spill_prefill_tokens, partner_lent=p.lent > 0)
 
