@@ -23,7 +23,7 @@ from baton.core.messages import Stamps, TokenOut
 from baton.core.models import LoadedModel
 from baton.core.params import SamplingParams
 from baton.core.request import Request
-from baton.core.sampling import sample_rows
+from baton.core.sampling import runtime_argmax, sample_rows
 from baton.core.stopping import OutputTracker
 from baton.runtime.base import StepInput
 from decode_worker.kv_cache import BatonKVCache
@@ -200,7 +200,13 @@ class DecodeBatch:
     def _postprocess(self, logits: torch.Tensor) -> tuple[list[TokenOut], list[FinishedRow], int]:
         """Sample a token per row, apply stop rules, evict finished rows, trim all-padding columns."""
         indices = [len(r.tracker.token_ids) for r in self.rows]
-        tokens = sample_rows(logits, [r.params for r in self.rows], [r.seed for r in self.rows], indices)
+        tokens = sample_rows(
+            logits,
+            [r.params for r in self.rows],
+            [r.seed for r in self.rows],
+            indices,
+            runtime_argmax(self.runtime),
+        )
         emitted: list[TokenOut] = []
         done: list[int] = []
         for i, (row, tok) in enumerate(zip(self.rows, tokens, strict=True)):

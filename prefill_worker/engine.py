@@ -18,7 +18,7 @@ from baton.core.handoff import HandoffHeader, KVHandoff, kv_to_numpy
 from baton.core.models import LoadedModel
 from baton.core.policy import plan_prefill
 from baton.core.request import Request
-from baton.core.sampling import sample_rows
+from baton.core.sampling import runtime_argmax, sample_rows
 from baton.core.stopping import OutputTracker
 
 
@@ -55,6 +55,7 @@ class PrefillEngine:
                 [r.params for r in batch],
                 [r.seed for r in batch],
                 [len(r.resume) for r in batch],
+                runtime_argmax(self.lm.runtime),
             )
             t1 = time.time()
             handoffs += [

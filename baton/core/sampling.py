@@ -8,6 +8,7 @@ on which other queries share the batch, or on whether its first token came from 
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 
 import torch
 
@@ -57,11 +58,25 @@ def sample_one(logits: torch.Tensor, params: SamplingParams, seed: int, index: i
     return int(order[pick])
 
 
+def _argmax_rows(logits: torch.Tensor) -> torch.Tensor:
+    return torch.argmax(logits, dim=-1)
+
+
+def runtime_argmax(runtime: object) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The runtime's row argmax if it has one (optional in ``ModelRuntime``), else torch's."""
+    return getattr(runtime, "argmax", None) or _argmax_rows
+
+
 def sample_rows(
-    logits: torch.Tensor, params: list[SamplingParams], seeds: list[int], indices: list[int]
+    logits: torch.Tensor,
+    params: list[SamplingParams],
+    seeds: list[int],
+    indices: list[int],
+    argmax: Callable[[torch.Tensor], torch.Tensor] = _argmax_rows,
 ) -> list[int]:
-    """Sample one token per row of ``logits [rows, vocab]``: greedy rows in one argmax."""
-    greedy = torch.argmax(logits, dim=-1).tolist()
+    """Sample one token per row of ``logits [rows, vocab]``: greedy rows in one ``argmax`` (the
+    first maximum of each row, as ``torch.argmax``; a runtime may pass a faster one)."""
+    greedy = argmax(logits).tolist()
     out = []
     for r, p in enumerate(params):
         out.append(greedy[r] if p.greedy else sample_one(logits[r], p, seeds[r], indices[r]))

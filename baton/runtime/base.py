@@ -44,3 +44,8 @@ class ModelRuntime(Protocol):
         row's last column ``[rows, vocab]``. The caller commits the cache afterwards.
         """
         ...
+
+    def argmax(self, logits: torch.Tensor) -> torch.Tensor:
+        """Each row's first maximum of float32 ``logits [rows, vocab]``, as ``torch.argmax(logits, -1)``
+        (optional: where a runtime has none, the workers use ``torch.argmax``)."""
+        ...
