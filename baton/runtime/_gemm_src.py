@@ -46,7 +46,7 @@ static inline void gemm_tile(const uint16_t* x, int64_t ldx, const uint16_t* w, 
 
 // All M rows of one column group, in row tiles. Each tile reads the group's weights (from memory
 // for the first, from L2 after); meanwhile the tiles fetch the next group's weights (``pf``,
-// ``pf_bytes``, or none) into L2, a share each, so its first tile does not wait on memory: the
+// ``pf_bytes``, or none) into L2, a share each, so the next group's first tile does not wait on memory: the
 // weight stream is spread over the whole group's compute instead of bunched in one tile.
 template <int NR>
 static inline void gemm_rows(const uint16_t* x, int64_t ldx, int64_t M, const uint16_t* w, int64_t K2,

@@ -66,6 +66,3 @@ class HFRuntime:
             logits_to_keep=1,
         )
         return out.logits[:, -1, :]
-
-    def argmax(self, logits: torch.Tensor) -> torch.Tensor:
-        return torch.argmax(logits, dim=-1)

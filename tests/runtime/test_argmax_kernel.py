@@ -30,7 +30,7 @@ def test_argmax_rows_equals_torch_on_ties_nan_tails_and_signed_zeros():
         assert torch.equal(got, torch.argmax(x, dim=-1)), n
 
 
-def test_fast_runtime_samples_greedy_rows_with_it(fast_lm):
+def test_fast_runtime_argmax_is_torch_argmax(fast_lm):
     rt = fast_lm("llama").runtime
     x = torch.randn(4, 300)
     assert torch.equal(rt.argmax(x), torch.argmax(x, dim=-1))
