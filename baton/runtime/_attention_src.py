@@ -266,19 +266,20 @@ static inline void weighted_wide(const float* s, int64_t L, const WideCols& vc, 
 #if defined(__AVX512BF16__)
 // bf16 scores of G queries (head_dim = NV * 16) against a row's real columns: products of bf16
 // pairs summed in float32 by VDPBF16PS (exact products), 16 columns at a time, one fixed order per
-// column; s[j * L + c] = scale * (q_j . k_cols[c]).
+// column; s[j * L + c] = scale * (q_j . k_cols[c]). Each block of 16 columns serves all G queries
+// while it is in L1 (a window is read from memory once, not once per query from L2).
 template <int G, int NV>
 static inline void scores_bf16(const at::BFloat16* q, int64_t qstride, const at::BFloat16* kr, int64_t ks2,
                                const int64_t* cols, int64_t nc, float scale, float* s, int64_t L, Ahead& ahead) {
   constexpr int NZ = NV / 2;  // 32 bf16 per register
   const __m512 sc = _mm512_set1_ps(scale);
-  const int64_t chunks = G * ((nc + 15) / 16), per = chunks ? (ahead.lines() + chunks - 1) / chunks : 0;
-  for (int j = 0; j < G; ++j) {
-    __m512bh qz[NZ];
-    for (int z = 0; z < NZ; ++z) qz[z] = (__m512bh)_mm512_loadu_si512(q + j * qstride + z * 32);
-    for (int64_t c0 = 0; c0 < nc; c0 += 16) {
-      ahead.fetch(per);
-      const int64_t n = std::min<int64_t>(16, nc - c0);
+  const int64_t chunks = (nc + 15) / 16, per = chunks ? (ahead.lines() + chunks - 1) / chunks : 0;
+  for (int64_t c0 = 0; c0 < nc; c0 += 16) {
+    ahead.fetch(per);
+    const int64_t n = std::min<int64_t>(16, nc - c0);
+    for (int j = 0; j < G; ++j) {
+      __m512bh qz[NZ];
+      for (int z = 0; z < NZ; ++z) qz[z] = (__m512bh)_mm512_loadu_si512(q + j * qstride + z * 32);
       __m512 a[16];
       for (int i = 0; i < 16; ++i) {
         a[i] = _mm512_setzero_ps();
@@ -292,6 +293,44 @@ static inline void scores_bf16(const at::BFloat16* q, int64_t qstride, const at:
       _mm512_mask_storeu_ps(s + j * L + c0, (__mmask16)((1u << n) - 1), r);
     }
   }
+}
+
+// o_j = sum_c p_j[c] v[c] over the real columns, in column order (acc[j * hd + d], not yet divided by
+// the softmax denominator). A column's 32-value chunks are widened as the even- and the odd-indexed
+// values (a shift and a mask of one load, half the widening work of 16 at a time); each output is
+// the same chain of FMAs over the columns either way, so the bits are those of a per-16 widening.
+template <int G, int NV>
+static inline void weighted_bf16(const float* s, int64_t L, const at::BFloat16* vr, int64_t vs2, const int64_t* cols,
+                                 int64_t nc, float* acc, Ahead& ahead) {
+  constexpr int NZ = NV / 2;
+  const __m512i hi = _mm512_set1_epi32(static_cast<int>(0xFFFF0000u));
+  __m512 o[G][NZ][2];
+  for (int j = 0; j < G; ++j)
+    for (int z = 0; z < NZ; ++z) o[j][z][0] = o[j][z][1] = _mm512_setzero_ps();
+  const int64_t per = nc ? (ahead.lines() + nc - 1) / nc : 0;
+  for (int64_t c = 0; c < nc; ++c) {
+    const at::BFloat16* vl = vr + cols[c] * vs2;
+    if (c + PF < nc) prefetch_row(vr + cols[c + PF] * vs2, NV * 16);
+    ahead.fetch(per);
+    __m512 p[G];
+    for (int j = 0; j < G; ++j) p[j] = _mm512_set1_ps(s[j * L + c]);
+    for (int z = 0; z < NZ; ++z) {
+      const __m512i raw = _mm512_loadu_si512(vl + z * 32);
+      const __m512 even = _mm512_castsi512_ps(_mm512_slli_epi32(raw, 16));
+      const __m512 odd = _mm512_castsi512_ps(_mm512_and_si512(raw, hi));
+      for (int j = 0; j < G; ++j) {
+        o[j][z][0] = _mm512_fmadd_ps(p[j], even, o[j][z][0]);
+        o[j][z][1] = _mm512_fmadd_ps(p[j], odd, o[j][z][1]);
+      }
+    }
+  }
+  const __m512i lo_idx = _mm512_set_epi32(23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+  const __m512i hi_idx = _mm512_set_epi32(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8);
+  for (int j = 0; j < G; ++j)
+    for (int z = 0; z < NZ; ++z) {  // even/odd back into head_dim order
+      _mm512_storeu_ps(acc + j * NV * 16 + z * 32, _mm512_permutex2var_ps(o[j][z][0], lo_idx, o[j][z][1]));
+      _mm512_storeu_ps(acc + j * NV * 16 + z * 32 + 16, _mm512_permutex2var_ps(o[j][z][0], hi_idx, o[j][z][1]));
+    }
 }
 #endif
 
@@ -426,7 +465,11 @@ static void run(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, c
           for (int e = 0; e < V; ++e) sum += lane[e];
           denom[j] = sum;
         }
-#if defined(__AVX512F__) && !defined(__AVX512BF16__)
+#if defined(__AVX512BF16__)
+        if constexpr (G > 0 && NV % 2 == 0 && std::is_same_v<T, at::BFloat16>) {
+          weighted_bf16<G, NV>(s.data(), L, vr, vs2, cols.data(), nc, acc.data(), v_ahead);
+        } else
+#elif defined(__AVX512F__)
         if constexpr (G > 0 && G <= 4 && NV % 2 == 0 && std::is_same_v<T, at::BFloat16>) {
           if (vc.f32) weighted_wide<G, NV, true>(s.data(), L, vc, cols.data(), nc, acc.data());
           else weighted_wide<G, NV, false>(s.data(), L, vc, cols.data(), nc, acc.data());
