@@ -77,6 +77,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--slo-ttft-ms", type=float, default=30000.0)
     p.add_argument("--slo-tpot-ms", type=float, default=250.0)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--isolate",
+        action="store_true",
+        help="start each system for each timed burst alone (nothing else up beside it); default: every "
+        "system starts once and stays up while the others run",
+    )
     add_output_arguments(p, NAME)
     return p.parse_args(argv)
 
@@ -109,25 +115,45 @@ def system_config(name: str, base: BenchConfig) -> tuple[str, BenchConfig]:
     return kind, base
 
 
-def run_systems(names: list[str], base: BenchConfig, lm: Any, trace: Trace, repeats: int) -> dict:
-    """Start every system (each with an untimed warm-up burst), then run the timed bursts in turns:
-    repeat 1 of every system, then repeat 2, ... so drift in the machine's speed (a shared host's
-    speed moves by 10-30% over minutes here) hits every system alike. {name: [RunResult]}."""
+def _start(name: str, base: BenchConfig, lm: Any, trace: Trace) -> Any:
+    """Start a system and run its untimed warm-up burst."""
+    kind, cfg = system_config(name, base)
+    system = make_system(kind, cfg, lm)
+    log.info(f"{name}: starting, warm-up run of {len(trace)} requests")
+    try:
+        if kind == "vllm":
+            system.serve(trace)
+        else:
+            system.setup(trace)
+    except BaseException:
+        system.close()
+        raise
+    return system
+
+
+def run_systems(
+    names: list[str], base: BenchConfig, lm: Any, trace: Trace, repeats: int, isolate: bool = False
+) -> dict:
+    """Run the timed bursts in turns: repeat 1 of every system, then repeat 2, ... so drift in the
+    machine's speed (a shared host's speed moves by 10-30% over minutes here) hits every system alike.
+    By default every system starts once (with an untimed warm-up burst) and stays up while the others
+    run; ``isolate``: each timed burst runs on a system started (and warmed up) for it alone and closed
+    after it, so nothing else is up beside it (idle systems' threads wake up and take turns on the
+    cores, which costs systems whose threads step in lockstep the most). {name: [RunResult]}."""
     systems: dict[str, Any] = {}
     results: dict[str, list[RunResult]] = {n: [] for n in names}
     try:
-        for name in names:
-            kind, cfg = system_config(name, base)
-            system = make_system(kind, cfg, lm)
-            systems[name] = system
-            log.info(f"{name}: starting, warm-up run of {len(trace)} requests")
-            if kind == "vllm":
-                system.serve(trace)
-            else:
-                system.setup(trace)
+        if not isolate:
+            for name in names:
+                systems[name] = _start(name, base, lm, trace)
         for i in range(repeats):
-            for name, system in systems.items():
-                r = system.run(trace)
+            for name in names:
+                system = systems.get(name) or _start(name, base, lm, trace)
+                try:
+                    r = system.run(trace)
+                finally:
+                    if isolate:
+                        system.close()
                 results[name].append(r)
                 s = summarize(r.records)
                 log.info(f"{name} run {i + 1}/{repeats}: {s['tok_s']:.1f} tok/s, {s['failed']} failed")
@@ -239,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
         runtime=args.runtime,
         dtype=args.dtype,
     )
-    results = run_systems(list(args.systems), base, lm, trace, args.repeats)
+    results = run_systems(list(args.systems), base, lm, trace, args.repeats, args.isolate)
     rows = [row(name, results[name], args) for name in args.systems]
     add_ratios(rows)
     meta = {
@@ -247,6 +273,7 @@ def main(argv: list[str] | None = None) -> int:
         "workload": spec.to_dict(),
         "machine": machine_info(args.threads),
         "baton": {"runtime": lm.runtime.name, "dtype": lm.dtype_name},
+        "isolate": args.isolate,
     }
     write_json(out.raw(".json"), {"meta": meta, "rows": rows})
     out.publish({"meta": meta, "rows": [{k: v for k, v in r.items() if k != "runs"} for r in rows]})

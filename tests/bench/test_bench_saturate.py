@@ -24,3 +24,42 @@ def test_system_names_map_to_configs():
 def test_unknown_modes_name_the_system(name):
     with pytest.raises(ValueError, match="modes after"):
         system_config(name, BenchConfig(model="m"))
+
+
+@pytest.mark.parametrize("isolate", [False, True])
+def test_run_systems_takes_turns_and_isolate_starts_each_burst_alone(
+    tiny_lm, model_dir, monkeypatch, isolate
+):
+    """Real in-process systems on a tiny model: every system runs each repeat in turn; shared, each
+    starts once and stays up; isolated, each burst gets a system started for it and closed after."""
+    from baton.bench import saturate
+    from baton.core.params import SamplingParams
+    from baton.core.request import Request
+
+    lm = tiny_lm("llama")
+    events: list[tuple[str, str]] = []
+    make = saturate.make_system
+
+    def spy(kind, cfg, lm_):
+        system = make(kind, cfg, lm_)
+        events.append(("start", kind))
+        close = system.close
+        system.close = lambda: (events.append(("close", kind)), close())[1]
+        return system
+
+    monkeypatch.setattr(saturate, "make_system", spy)
+    trace = [
+        (Request(f"r{i}", tuple(range(5 + i, 20 + i)), SamplingParams(max_tokens=4, ignore_eos=True), i), 0.0)
+        for i in range(3)
+    ]
+    base = BenchConfig(model=str(model_dir("llama")), max_batch_size=4, max_seq_len=64, threads=1)
+    results = saturate.run_systems(["static", "orca"], base, lm, trace, repeats=2, isolate=isolate)
+    assert {n: len(rs) for n, rs in results.items()} == {"static": 2, "orca": 2}
+    assert all(r.ok and r.n_out == 4 for rs in results.values() for run in rs for r in run.records)
+    starts = [k for e, k in events if e == "start"]
+    closes = [k for e, k in events if e == "close"]
+    if isolate:
+        assert starts == ["static", "orca", "static", "orca"] and closes == starts
+        assert [e for e, _ in events] == ["start", "close"] * 4  # never two systems up at once
+    else:
+        assert starts == ["static", "orca"] and closes == ["orca", "static"]
