@@ -53,17 +53,19 @@ static inline void gemm_rows(const uint16_t* x, int64_t ldx, int64_t M, const ui
                              const float* b, uint16_t* y, int64_t ldy, const char* pf, int64_t pf_bytes) {
   constexpr int MR = 8;  // 8 x 3 accumulators + 3 weight registers (measured: as fast as 6 x 4 from
                          // 16 rows on, 1.3x at 7-8 rows, which then take one tile instead of two)
-  const int64_t tiles = (M + MR - 1) / MR;
-  const int64_t lines = (pf_bytes + 63) / 64, share = (lines + tiles - 1) / tiles;
-  int64_t m = 0, t = 0;
-  auto pf_at = [&](int64_t tile) { return pf ? pf + tile * share * 64 : nullptr; };
-  auto pf_n = [&](int64_t tile) { return pf ? std::max<int64_t>(0, std::min(share, lines - tile * share)) : 0; };
-  for (; m + MR <= M; m += MR, ++t)
-    gemm_tile<MR, NR>(x + m * ldx, ldx, w, K2, b, y + m * ldy, ldy, pf_at(t), pf_n(t));
+  // Each tile fetches a share of the lines in proportion to its rows (its compute time): a short
+  // tail tile given an equal share would bunch its fetches and stall the next group's first tile.
+  const int64_t lines = (pf_bytes + 63) / 64;
+  auto first = [&](int64_t row) { return lines * row / M; };
+  auto pf_at = [&](int64_t row) { return pf ? pf + first(row) * 64 : nullptr; };
+  auto pf_n = [&](int64_t row, int64_t n) { return pf ? first(row + n) - first(row) : 0; };
+  int64_t m = 0;
+  for (; m + MR <= M; m += MR)
+    gemm_tile<MR, NR>(x + m * ldx, ldx, w, K2, b, y + m * ldy, ldy, pf_at(m), pf_n(m, MR));
   const uint16_t* xm = x + m * ldx;
   uint16_t* ym = y + m * ldy;
-  const char* pt = pf_at(t);
-  const int64_t nt = pf_n(t);
+  const char* pt = pf_at(m);
+  const int64_t nt = pf_n(m, M - m);
   switch (M - m) {
     case 1: gemm_tile<1, NR>(xm, ldx, w, K2, b, ym, ldy, pt, nt); break;
     case 2: gemm_tile<2, NR>(xm, ldx, w, K2, b, ym, ldy, pt, nt); break;
