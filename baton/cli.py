@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from baton.core.config import COMPILE, DTYPES, POLICIES, RUNTIMES, EngineConfig
+from baton.core.config import COMPILE, DTYPES, POLICIES, QUEUE_ORDERS, RUNTIMES, EngineConfig
 from baton.core.errors import BatonError, ValidationError
 from baton.core.models import DEFAULT_MODEL
 from baton.core.request import Completion
@@ -81,6 +81,19 @@ def _add_engine_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--threads", type=int, default=0, help="in-process policies: total torch threads (0 = all cores)"
+    )
+    p.add_argument(
+        "--queue-order",
+        default="fcfs",
+        choices=QUEUE_ORDERS,
+        help="which waiting request goes next: fcfs, or lof (longest output first: most max_tokens first; "
+        "drains a burst or a batch job together, so it ends sooner)",
+    )
+    p.add_argument(
+        "--queue-max-wait-s",
+        type=float,
+        default=60.0,
+        help="with --queue-order lof: a request waiting this long goes first anyway (no starvation)",
     )
 
 
@@ -162,6 +175,8 @@ def serving_fields(args: argparse.Namespace) -> dict:
         "max_batch_size",
         "max_seq_len",
         "max_prefill_tokens",
+        "queue_order",
+        "queue_max_wait_s",
     )
     return {name: getattr(args, name) for name in names}
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import queue
 import threading
 import time
@@ -24,7 +25,7 @@ from baton.core.config import EngineConfig
 from baton.core.handoff import KVHandoff
 from baton.core.messages import Stamps, Timings
 from baton.core.models import LoadedModel
-from baton.core.policy import BatchState, Candidate, admit, prefill_budget
+from baton.core.policy import BatchState, Candidate, Queued, admit, prefill_budget, queue_order
 from baton.core.request import Completion, Request
 from decode_worker.batch import DecodeBatch, FinishedRow, StepResult
 from prefill_worker.engine import PrefillEngine
@@ -68,8 +69,12 @@ class RunStats:
 class _Trace:
     """A run's requests: not yet arrived, waiting for admission, and done."""
 
-    def __init__(self, trace: list[tuple[Request, float]]):
+    def __init__(
+        self, trace: list[tuple[Request, float]], queue_order: str = "fcfs", max_wait_s: float = 60.0
+    ):
         self.order = [r.request_id for r, _ in trace]
+        self.queue_order, self.max_wait_s = queue_order, max_wait_s
+        self._ordered_at = -math.inf  # when the queue was last put in order (lof)
         self.future = deque(sorted(trace, key=lambda x: x[1]))
         self.waiting: deque[Request] = deque()
         self.done: dict[str, Completion] = {}
@@ -80,12 +85,19 @@ class _Trace:
         return len(self.done) == len(self.order)
 
     def arrive(self, now: float) -> None:
-        """Move requests whose arrival offset has passed into ``waiting``, stamped with it."""
+        """Move requests whose arrival offset has passed into ``waiting``, stamped with it; keep
+        ``waiting`` in queue order (after arrivals, and once a second for the waiting time)."""
+        came = bool(self.future) and self.future[0][1] <= now - self.t0
         while self.future and self.future[0][1] <= now - self.t0:
             req, off = self.future.popleft()
             self.waiting.append(
                 Request(req.request_id, req.prompt_token_ids, req.params, req.seed, arrival=self.t0 + off)
             )
+        if self.queue_order != "fcfs" and len(self.waiting) > 1 and (came or now - self._ordered_at >= 1.0):
+            self._ordered_at = now
+            reqs = list(self.waiting)
+            queued = [Queued(r.arrival, r.params.max_tokens) for r in reqs]
+            self.waiting = deque(reqs[i] for i in queue_order(queued, self.queue_order, now, self.max_wait_s))
 
     def next_arrival_in(self) -> float:
         return self.future[0][1] - (time.time() - self.t0) if self.future else 0.0
@@ -173,7 +185,7 @@ class LocalEngine:
     # ------------------------------------------------------------------ the run
     def run(self, trace: list[tuple[Request, float]]) -> list[Completion]:
         """Replay ``(request, arrival offset in s)`` pairs in real time; completions in input order."""
-        run = _Trace(trace)
+        run = _Trace(trace, self.cfg.queue_order, self.cfg.queue_max_wait_s)
         with self._prefill_side(run) as prefill:
             try:
                 while not run.complete:

@@ -30,7 +30,7 @@ from baton.core.errors import BatonError
 from baton.core.handoff import HandoffHeader
 from baton.core.logs import access_line
 from baton.core.messages import EventBatch, PrefillResult, Stamps, StepEvents, Timings
-from baton.core.policy import CoreShare, core_shares, prefill_budget, prefill_take
+from baton.core.policy import CoreShare, Queued, core_shares, prefill_budget, prefill_take, queue_order
 from baton.core.request import Completion, Request
 from cluster.metrics import NullObserver
 from cluster.workers import DEAD, LIVE, RESTARTING, STARTING, Worker, actor_gone, object_lost, unavailable
@@ -104,6 +104,7 @@ class Router:
         self.decode = [Worker(h, wid, "decode", max_rows=rows) for wid, h, rows in decode]
         self.infos = infos if infos is not None else {}  # worker_id -> its info() (refreshed on restart)
         self.waiting: deque[RequestState] = deque()
+        self._ordered_at, self._last_ordered = 0.0, None  # the last queue ordering (lof)
         self.pending: deque[_Pending] = deque()  # prefilled, no decode row yet
         self.states: dict[str, RequestState] = {}
         self.in_prefill = 0
@@ -370,6 +371,7 @@ class Router:
                     idle, key=lambda x: (x.worker_id in spill, x.outstanding_tokens, x.calls, x.dispatched)
                 )
                 w.dispatched += 1
+                self._order_queue()
                 count = prefill_take(
                     [st.work_len for st in self.waiting],
                     self.cfg.max_prefill_tokens,
@@ -385,6 +387,24 @@ class Router:
                 self.in_prefill += len(batch)
                 self.spawn(self._run_prefill(w, batch, tokens, threads))
             self._share_cores()
+
+    def _order_queue(self) -> None:
+        """Put the waiting queue in ``queue_order`` (fcfs: nothing to do): after arrivals, and once
+        a second for the waiting time."""
+        now = time.time()
+        if self.cfg.queue_order == "fcfs" or len(self.waiting) < 2:
+            return
+        if self.waiting[-1] is self._last_ordered and now - self._ordered_at < 1.0:
+            return  # nothing joined since the last ordering (retries join at the front, and go first)
+        states = list(self.waiting)
+        queued = [
+            Queued(st.stamps.arrival, st.req.params.max_tokens - len(st.tokens), st.retries > 0)
+            for st in states
+        ]
+        order = queue_order(queued, self.cfg.queue_order, now, self.cfg.queue_max_wait_s)
+        self.waiting.clear()
+        self.waiting.extend(states[i] for i in order)
+        self._ordered_at, self._last_ordered = now, self.waiting[-1]
 
     # ------------------------------------------------------------------ shared cores
     def _share(self, worker_id: str) -> tuple[CoreShare, Worker, Worker] | None:

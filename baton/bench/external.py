@@ -281,6 +281,8 @@ class VLLM(System):
             "max_batch_size": self.cfg.max_batch_size,
             "max_seq_len": self.cfg.max_seq_len + 1,
             "dtype": self.cfg.vllm_dtype,
+            "order": self.cfg.queue_order,
+            "ngram": self.cfg.ngram,
             "runs": [self._run_spec(n, t) for n, t in runs],
         }
 

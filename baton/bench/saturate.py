@@ -17,7 +17,10 @@ borrows the other's cores while the other is idle, ``baton:P+D/fixed`` keeps the
 ``/budget=N``: N prompt tokens per prefill call instead of the default; ``/prefill=N``: N prefill
 workers of P CPUs each, those beyond the cores running on the decode worker's at ``/nice=K``),
 ``baton-local`` the in-process engine (prefill thread + decode loop), ``orca``/``colocated``/``static``
-the in-process baselines, ``vllm:DTYPE`` vLLM's CPU build (eager) in its own venv.
+the in-process baselines, ``vllm:DTYPE`` vLLM's CPU build (eager) in its own venv. ``/lof`` after
+any name: longest output first (baton's ``--queue-order lof``; vLLM's priority scheduler with each
+request's priority ``-max_tokens``; the in-process baselines' queue in the same order);
+``vllm:DTYPE/ngram=K``: vLLM's prompt-lookup speculative decoding with K draft tokens per step.
 """
 
 from __future__ import annotations
@@ -68,7 +71,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=2, help="total CPU threads of every system")
     p.add_argument(
         "--systems",
-        type=comma_list(str, lambda s: s.startswith(("baton", "vllm:")) or s in LOCAL, "system names"),
+        type=comma_list(
+            str, lambda s: s.startswith(("baton", "vllm:")) or s.split("/")[0] in LOCAL, "system names"
+        ),
         default=("baton:1+1", "vllm:float32", "vllm:bfloat16"),
     )
     p.add_argument("--runtime", default="auto", help="baton's runtime (auto, fast, hf)")
@@ -88,15 +93,27 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def system_config(name: str, base: BenchConfig) -> tuple[str, BenchConfig]:
-    """``baton:P+D`` / ``vllm:DTYPE`` -> (the suite's system name, its config)."""
-    kind, _, arg = name.partition(":")
+    """``baton:P+D[/MODE...]`` / ``vllm:DTYPE[/lof]`` / ``orca[/lof]`` ... -> (the suite's system name, its config)."""
+    head, *modes = name.split("/")
+    if "lof" in modes:  # any system: longest output first (baton's --queue-order, vLLM's priority scheduler)
+        base = replace(base, queue_order="lof")
+        modes = [m for m in modes if m != "lof"]
+    kind, _, arg = head.partition(":")
     if kind == "vllm":
+        for m in [m for m in modes if m.startswith("ngram=") and m[6:].isdigit()]:
+            base = replace(base, ngram=int(m[6:]))  # vLLM's prompt-lookup speculative decoding, K drafts
+            modes.remove(m)
+    if kind == "vllm" and not modes:
         dtype = arg or "float32"
-        log_path = base.log_path and base.log_path.replace("_vllm.log", f"_vllm_{dtype}.log")
+        tag = (
+            dtype
+            + ("_lof" if base.queue_order == "lof" else "")
+            + (f"_ngram{base.ngram}" if base.ngram else "")
+        )
+        log_path = base.log_path and base.log_path.replace("_vllm.log", f"_vllm_{tag}.log")
         return "vllm", replace(base, vllm_dtype=dtype, log_path=log_path)
     if kind == "baton" and arg:
-        split, *modes = arg.split("/")
-        p, _, d = split.partition("+")
+        p, _, d = arg.partition("+")
         cfg = replace(base, prefill_cpus=float(p), decode_cpus=float(d))
         for mode in modes:
             if mode == "fixed":
@@ -109,9 +126,13 @@ def system_config(name: str, base: BenchConfig) -> tuple[str, BenchConfig]:
                 cfg = replace(cfg, spill_nice=int(mode[5:]))
             else:
                 raise ValueError(
-                    f"systems: {name!r}: modes after '/' are 'fixed', 'budget=N', 'prefill=N', 'nice=N'"
+                    f"systems: {name!r}: modes after '/' are 'fixed', 'budget=N', 'prefill=N', 'nice=N', 'lof'"
                 )
         return "baton", cfg
+    if modes:
+        raise ValueError(
+            f"systems: {name!r}: the modes of vllm are 'lof' and 'ngram=K', of an in-process system 'lof'"
+        )
     return kind, base
 
 

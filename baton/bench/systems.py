@@ -55,6 +55,8 @@ class BenchConfig:
     max_prefill_tokens: int = 0  # baton on Ray: prompt tokens per prefill call (0: the default)
     runtime: str = "auto"  # baton's runtime and dtype on Ray
     dtype: str = "auto"
+    queue_order: str = "fcfs"  # baton (all systems of it) and vLLM: fcfs, or lof (longest output first)
+    ngram: int = 0  # > 0: prompt-lookup speculative decoding with this many draft tokens per step
 
 
 @dataclass
@@ -156,6 +158,7 @@ class BatonRay(System):
                 max_prefill_tokens=cfg.max_prefill_tokens,
                 runtime=cfg.runtime,
                 dtype=cfg.dtype,
+                queue_order=cfg.queue_order,
                 max_batch_size=cfg.max_batch_size,
                 max_seq_len=cfg.max_seq_len,
                 object_store_bytes=1 << 30,
@@ -228,6 +231,7 @@ class LocalPolicy(System):
                 max_batch_size=cfg.max_batch_size,
                 max_seq_len=cfg.max_seq_len,
                 threads=cfg.threads,
+                queue_order=cfg.queue_order,
             ),
         )
         t0 = time.time()

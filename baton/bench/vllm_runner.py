@@ -5,8 +5,9 @@ Standalone on purpose: it imports only vLLM and the standard library (the vLLM v
     VLLM_CPU_OMP_THREADS_BIND=0-1 VLLM_CPU_NUM_OF_RESERVED_CPU=0 OMP_NUM_THREADS=2 VLLM_CPU_KVCACHE_SPACE=1 \
         /work/vllm-venv/bin/python baton/bench/vllm_runner.py IN.json OUT.json
 
-IN.json: ``{"model", "max_batch_size", "max_seq_len", "runs": [{"name", "prompts": [[ids]], "max_tokens": [n],
-"arrivals": [s]}]}``. The engine (``AsyncLLM``) starts once; the first run is a warm-up. Each request
+IN.json: ``{"model", "max_batch_size", "max_seq_len", "order", "runs": [{"name", "prompts": [[ids]], "max_tokens":
+[n], "arrivals": [s]}]}``; ``order`` ``"lof"`` (longest output first) runs vLLM's priority scheduler with each
+request's priority ``-max_tokens`` (lower goes first, then arrival), ``"fcfs"`` (default) its FCFS one. The engine (``AsyncLLM``) starts once; the first run is a warm-up. Each request
 is submitted at its arrival offset and streamed, so TTFT is the time its first token reached this
 process. OUT.json: ``{"engine_start_s", "runs": [{"name", "requests": [{"ttft_ms", "total_ms",
 "n_out"}], "wall_s"}]}`` (times from each request's planned arrival).
@@ -27,7 +28,9 @@ import sys
 import time
 
 
-async def _one(engine, sp_cls, i: int, name: str, prompt: list[int], n: int, t0: float, off: float) -> dict:
+async def _one(
+    engine, sp_cls, i: int, name: str, prompt: list[int], n: int, t0: float, off: float, lof: bool = False
+) -> dict:
     from vllm.inputs import TokensPrompt
 
     await asyncio.sleep(max(0.0, t0 + off - time.perf_counter()))
@@ -35,7 +38,8 @@ async def _one(engine, sp_cls, i: int, name: str, prompt: list[int], n: int, t0:
     sp = sp_cls(max_tokens=n, ignore_eos=True, temperature=0.0)
     first = None
     n_out = 0
-    async for out in engine.generate(TokensPrompt(prompt_token_ids=prompt), sp, f"{name}-{i}"):
+    prio = {"priority": -n} if lof else {}
+    async for out in engine.generate(TokensPrompt(prompt_token_ids=prompt), sp, f"{name}-{i}", **prio):
         n_out = len(out.outputs[0].token_ids)
         if first is None and n_out > 0:
             first = time.perf_counter()
@@ -43,17 +47,30 @@ async def _one(engine, sp_cls, i: int, name: str, prompt: list[int], n: int, t0:
     return {"ttft_ms": ((first or done) - arrival) * 1e3, "total_ms": (done - arrival) * 1e3, "n_out": n_out}
 
 
-async def _run(engine, sp_cls, run: dict) -> dict:
+async def _run(engine, sp_cls, run: dict, lof: bool = False) -> dict:
     t0 = time.perf_counter() + 0.05
     reqs = await asyncio.gather(
         *(
-            _one(engine, sp_cls, i, run["name"], p, n, t0, off)
+            _one(engine, sp_cls, i, run["name"], p, n, t0, off, lof)
             for i, (p, n, off) in enumerate(
                 zip(run["prompts"], run["max_tokens"], run["arrivals"], strict=True)
             )
         )
     )
     return {"name": run["name"], "requests": list(reqs), "wall_s": time.perf_counter() - t0}
+
+
+def _lof(spec: dict) -> bool:
+    return spec.get("order", "fcfs") == "lof"
+
+
+def _spec_decode(spec: dict) -> dict:
+    """``"ngram": K``: vLLM's prompt-lookup speculative decoding, K draft tokens per step."""
+    k = int(spec.get("ngram", 0))
+    if not k:
+        return {}
+    cfg = {"method": "ngram", "num_speculative_tokens": k, "prompt_lookup_max": 3, "prompt_lookup_min": 1}
+    return {"speculative_config": cfg}
 
 
 def _engine(spec: dict):
@@ -67,6 +84,8 @@ def _engine(spec: dict):
         max_model_len=spec["max_seq_len"],
         max_num_seqs=spec["max_batch_size"],
         disable_log_stats=True,
+        scheduling_policy="priority" if _lof(spec) else "fcfs",
+        **_spec_decode(spec),
     )
     return AsyncLLM.from_engine_args(args)
 
@@ -86,7 +105,7 @@ async def _serve(spec: dict) -> None:
                 break
             with open(line) as f:
                 run = json.load(f)
-            res = await _run(engine, SamplingParams, run)
+            res = await _run(engine, SamplingParams, run, _lof(spec))
             with open(line + ".out", "w") as f:
                 json.dump(res, f)
             print(f"BATON-DONE {line}.out", flush=True)
@@ -106,7 +125,7 @@ async def _main(spec: dict) -> dict:
     out = {"engine_start_s": start_s, "vllm": vllm.__version__, "torch": torch.__version__, "runs": []}
     try:
         for run in spec["runs"]:
-            res = await _run(engine, SamplingParams, run)
+            res = await _run(engine, SamplingParams, run, _lof(spec))
             out["runs"].append(res)
             print(
                 f"[vllm_runner] {run['name']}: {len(res['requests'])} requests in {res['wall_s']:.1f} s",

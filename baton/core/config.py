@@ -12,6 +12,8 @@ import json
 import os
 from dataclasses import dataclass, field
 
+from baton.core.policy import QUEUE_ORDERS
+
 POLICIES = ("baton", "colocated", "orca", "static")
 RUNTIMES = ("auto", "fast", "hf")  # fast: baton's own Llama-family forward; hf: transformers
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -46,15 +48,27 @@ class ServingConfig:
     max_seq_len: int = 2048  # KV columns per decode row: caps prompt + max_tokens
     max_prefill_tokens: int = 0  # tokens per prefill forward; 0: default_prefill_tokens(device)
     prefill_ahead: int = 8  # handoffs the prefill side may keep ready beyond the free rows
+    # Which waiting query goes next (baton.core.policy.queue_order): fcfs, or lof (longest output
+    # first: most max_tokens first, for bursts and batch jobs), where one that waited
+    # queue_max_wait_s goes first anyway.
+    queue_order: str = "fcfs"
+    queue_max_wait_s: float = 60.0
 
     def __post_init__(self) -> None:
-        for name, allowed in (("runtime", RUNTIMES), ("dtype", DTYPES), ("compile", COMPILE)):
+        for name, allowed in (
+            ("runtime", RUNTIMES),
+            ("dtype", DTYPES),
+            ("compile", COMPILE),
+            ("queue_order", QUEUE_ORDERS),
+        ):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name}: must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
         if self.max_prefill_tokens == 0:
             object.__setattr__(self, "max_prefill_tokens", default_prefill_tokens(self.device))
         _at_least(self, ("max_batch_size", "max_seq_len", "max_prefill_tokens"), 1)
         _at_least(self, ("prefill_ahead",), 0)
+        if not self.queue_max_wait_s > 0:
+            raise ValueError(f"queue_max_wait_s: must be > 0, got {self.queue_max_wait_s}")
 
 
 @dataclass(frozen=True)

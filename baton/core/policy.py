@@ -4,6 +4,9 @@
 - ``orca``: new prompts run inside the batch's next forward (padded to the prompt's width).
 - ``colocated``: BATON insertion, but the decode worker prefills them itself between steps.
 - ``baton``: prefill happens elsewhere; ready handoffs are inserted between steps.
+
+Queue order (``queue_order``), for every policy: which waiting query goes next, to prefill (``baton``)
+or into the batch (the others). ``fcfs``: as they came. ``lof``: longest output first.
 """
 
 from __future__ import annotations
@@ -25,6 +28,42 @@ class BatchState:
 class Candidate:
     prompt_len: int
     max_tokens: int
+
+
+QUEUE_ORDERS = ("fcfs", "lof")
+
+
+@dataclass(frozen=True)
+class Queued:
+    """A waiting query as the queue order sees it."""
+
+    arrival: float  # wall-clock seconds
+    remaining: int  # output tokens it may still write (max_tokens less those already streamed)
+    resumed: bool = False  # prefilled again after its worker died: it already waited its turn
+
+
+def queue_order(queued: Sequence[Queued], order: str, now: float, max_wait_s: float) -> list[int]:
+    """The order in which ``queued`` (indices, as queued) leave the queue.
+
+    ``fcfs``: as queued. ``lof`` (longest output first, as SGLang's scheduling policy of that name):
+    most ``remaining`` tokens first, ties as queued. On a backlog (a burst, an offline batch job) the
+    queries that decode longest start first and those that start last finish soonest, so the batch
+    drains together instead of ending in a tail of steps over a few long rows. A query that waited
+    ``max_wait_s`` or longer, and a resumed one, go first (as queued among themselves): no query
+    starves behind a stream of longer ones.
+    """
+    if order not in QUEUE_ORDERS:
+        raise ValueError(f"queue_order: must be one of {', '.join(QUEUE_ORDERS)}, got {order!r}")
+    if order == "fcfs":
+        return list(range(len(queued)))
+
+    def key(i: int) -> tuple[int, int, int]:
+        q = queued[i]
+        if q.resumed or now - q.arrival >= max_wait_s:
+            return (0, 0, i)
+        return (1, -q.remaining, i)
+
+    return sorted(range(len(queued)), key=key)
 
 
 def admit(policy: str, batch: BatchState, waiting: list[Candidate]) -> int:

@@ -1,4 +1,5 @@
-"""saturate's system names: ``baton:P+D[/fixed][/budget=N]`` and ``vllm:DTYPE`` -> configs."""
+"""saturate's system names: ``baton:P+D[/fixed][/budget=N][/lof]``, ``vllm:DTYPE[/lof]`` and ``orca[/lof]``
+-> configs."""
 
 from __future__ import annotations
 
@@ -20,9 +21,33 @@ def test_system_names_map_to_configs():
     assert system_config("orca", base) == ("orca", base)
 
 
-@pytest.mark.parametrize("name", ["baton:1+1/fast", "baton:1+1/budget=x"])
+def test_lof_mode_sets_the_queue_order_of_any_system():
+    base = BenchConfig(model="m", log_path="/tmp/x/saturate_vllm.log")
+    kind, cfg = system_config("baton:1+1/prefill=2/lof", base)
+    assert (kind, cfg.prefill_workers, cfg.queue_order) == ("baton", 2, "lof")
+    kind, cfg = system_config("vllm:bfloat16/lof", base)
+    assert (kind, cfg.vllm_dtype, cfg.queue_order) == ("vllm", "bfloat16", "lof")
+    assert cfg.log_path == "/tmp/x/saturate_vllm_bfloat16_lof.log"  # beside the fcfs one, not over it
+    kind, cfg = system_config("vllm:bfloat16/ngram=4", base)
+    assert (cfg.ngram, cfg.queue_order, cfg.log_path) == (
+        4,
+        "fcfs",
+        "/tmp/x/saturate_vllm_bfloat16_ngram4.log",
+    )
+    kind, cfg = system_config("orca/lof", base)
+    assert (kind, cfg.queue_order) == ("orca", "lof")
+    assert system_config("baton:1+1", base)[1].queue_order == "fcfs"
+
+
+@pytest.mark.parametrize("name", ["baton:1+1/fast", "baton:1+1/budget=x", "baton:1+1/ngram=4"])
 def test_unknown_modes_name_the_system(name):
     with pytest.raises(ValueError, match="modes after"):
+        system_config(name, BenchConfig(model="m"))
+
+
+@pytest.mark.parametrize("name", ["vllm:bfloat16/fixed", "orca/budget=8", "orca/ngram=2"])
+def test_other_systems_take_only_their_modes(name):
+    with pytest.raises(ValueError, match="the modes of vllm"):
         system_config(name, BenchConfig(model="m"))
 
 

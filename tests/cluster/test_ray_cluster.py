@@ -220,3 +220,22 @@ def test_spill_prefill_worker_runs_only_while_a_backlog_waits(model_dir, tiny_lm
     assert used == ({"prefill-0", "prefill-1"} if spill_tokens == 1 else {"prefill-0"})
     # Once no prefill is in flight, the decode worker has its cores and the partner's (2 + 1 threads).
     assert loads[0] is not None and loads[0].threads == 3
+
+
+def test_lof_prefills_the_longest_outputs_first(model_dir, tiny_lm):
+    """``queue_order="lof"`` on the router: with more queries than decode rows, the prefill side takes
+    the ones with the most max_tokens first (they were queued shortest first); outputs stay exact."""
+    lm = tiny_lm("llama")
+    lengths = [2, 4, 6, 9, 14, 20]
+    reqs = [
+        Request(r.request_id, r.prompt_token_ids, SamplingParams(max_tokens=n, ignore_eos=True), r.seed)
+        for r, n in zip(make_queries(lm, seed=41, n=len(lengths)), lengths, strict=True)
+    ]
+    cfg = _cfg(model_dir("llama"), 1, 1, max_batch_size=2, prefill_ahead=0, queue_order="lof")
+    with Cluster(cfg).start(log=_quiet) as cluster:
+        results = cluster.run_trace([(r, 0.0) for r in reqs])
+    assert all(c.error is None for c in results), [c.error for c in results if c.error]
+    assert_exact(lm, reqs, results)
+    by = {r.request_id: r.params.max_tokens for r in reqs}
+    started = [by[c.request_id] for c in sorted(results, key=lambda c: c.timings["queue"])]
+    assert set(started[:2]) == {20, 14} and set(started[-2:]) == {2, 4}, started

@@ -119,3 +119,32 @@ def test_eos_finishes_unless_ignored(tiny_lm):
     assert out.finish_reason == "length" and len(out.token_ids) == r.params.max_tokens
     assert out.token_ids[: len(c.token_ids)] == c.token_ids
     assert_exact(lm, [ign], [out])
+
+
+@pytest.mark.parametrize("policy", ["static", "orca", "baton"])
+def test_lof_admits_the_longest_outputs_first_and_stays_exact(tiny_lm, policy):
+    """``queue_order="lof"``: with more queries than rows, the ones with the most max_tokens start
+    first (FCFS, on the same queries queued shortest first, starts them last); outputs stay exact."""
+    from baton.core.request import Request
+
+    lm = tiny_lm("llama")
+    base = make_queries(lm, seed=31, n=6)
+    lengths = [3, 5, 8, 12, 17, 23]  # queued shortest first
+    reqs = [
+        Request(r.request_id, r.prompt_token_ids, SamplingParams(max_tokens=n, ignore_eos=True), r.seed)
+        for r, n in zip(base, lengths, strict=True)
+    ]
+
+    def starts(order: str) -> list[int]:
+        """max_tokens of the queries in the order their prefill started."""
+        cfg = EngineConfig(
+            policy=policy, max_batch_size=2, max_seq_len=300, queue_order=order, prefill_ahead=0
+        )
+        res = LocalEngine(lm, cfg).run([(r, 0.0) for r in reqs])
+        assert_exact(lm, reqs, res)
+        by = {r.request_id: r.params.max_tokens for r in reqs}
+        return [by[c.request_id] for c in sorted(res, key=lambda c: (c.timings["queue"], -by[c.request_id]))]
+
+    lof, fcfs = starts("lof"), starts("fcfs")
+    assert set(lof[:2]) == {23, 17} and set(lof[-2:]) == {3, 5}, lof
+    assert set(fcfs[:2]) == {3, 5}, fcfs

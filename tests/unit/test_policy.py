@@ -12,11 +12,13 @@ from baton.core.policy import (
     BatchState,
     Candidate,
     CoreShare,
+    Queued,
     admit,
     core_shares,
     plan_prefill,
     prefill_budget,
     prefill_take,
+    queue_order,
 )
 
 
@@ -259,3 +261,51 @@ def test_spill_flags_reach_the_cluster_config_and_bad_values_name_the_field():
     ):
         with pytest.raises(ValueError, match=field):
             ClusterConfig(model="m", **kw)
+
+
+# --------------------------------------------------------------------------- queue order
+def queued(*rows) -> list[Queued]:
+    """(arrival, remaining[, resumed]) per waiting query, in queue order."""
+    return [Queued(*r) for r in rows]
+
+
+def test_fcfs_keeps_the_queue_as_it_is():
+    q = queued((0.0, 5), (1.0, 50), (2.0, 20))
+    assert queue_order(q, "fcfs", now=100.0, max_wait_s=1.0) == [0, 1, 2]
+
+
+def test_lof_puts_the_most_remaining_tokens_first_ties_as_queued():
+    q = queued((0.0, 5), (0.1, 50), (0.2, 20), (0.3, 50), (0.4, 1))
+    assert queue_order(q, "lof", now=1.0, max_wait_s=60.0) == [1, 3, 2, 0, 4]
+
+
+def test_lof_lets_waited_and_resumed_queries_go_first_in_queue_order():
+    # 0 waited 61 s (>= 60): it goes first although it is the shortest; 3 is a resumed (migrated)
+    # query, which already waited its turn once; the others follow longest first.
+    q = queued((0.0, 2), (50.0, 10), (55.0, 90), (58.0, 1, True), (59.0, 40))
+    assert queue_order(q, "lof", now=61.0, max_wait_s=60.0) == [0, 3, 2, 4, 1]
+    # Before the bound nobody is aged: only the resumed one jumps the queue.
+    assert queue_order(q, "lof", now=30.0, max_wait_s=60.0) == [3, 2, 4, 1, 0]
+
+
+def test_queue_order_refuses_an_unknown_order_naming_the_field():
+    with pytest.raises(ValueError, match="queue_order"):
+        queue_order(queued((0.0, 1)), "sjf", now=0.0, max_wait_s=1.0)
+
+
+@pytest.mark.parametrize(
+    "cmd", [["serve"], ["run", "--requests", "x.jsonl"], ["run", "--local", "--requests", "x"]]
+)
+def test_queue_flags_reach_every_config_and_bad_values_name_the_field(cmd):
+    from baton.cli import build_parser, cluster_config, serving_fields
+    from baton.core.config import ClusterConfig, EngineConfig
+
+    args = build_parser().parse_args(
+        [*cmd, "--model", "m", "--queue-order", "lof", "--queue-max-wait-s", "5"]
+    )
+    for cfg in (cluster_config(args), EngineConfig(**serving_fields(args))):
+        assert (cfg.queue_order, cfg.queue_max_wait_s) == ("lof", 5.0)
+    assert ClusterConfig(model="m").queue_order == "fcfs"  # as they came, unless asked
+    for kw, field in (({"queue_order": "sjf"}, "queue_order"), ({"queue_max_wait_s": 0}, "queue_max_wait_s")):
+        with pytest.raises(ValueError, match=field):
+            EngineConfig(model="m", **kw)
