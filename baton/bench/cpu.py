@@ -26,8 +26,8 @@ def _machine_busy_s() -> float | None:
     return busy / _TICK
 
 
-def _procs() -> dict[int, tuple[int, float]]:
-    """pid -> (ppid, CPU s of the process and its reaped children)."""
+def _procs(reaped: bool = True) -> dict[int, tuple[int, float]]:
+    """pid -> (ppid, CPU s of the process, and of the children it reaped when ``reaped``)."""
     out = {}
     for d in Path("/proc").iterdir():
         if not d.name.isdigit():
@@ -39,10 +39,24 @@ def _procs() -> dict[int, tuple[int, float]]:
         rest = stat[stat.rfind(")") + 2 :].split()  # fields after "(comm)", from field 3 (state)
         try:
             ppid = int(rest[1])
-            cpu = sum(int(x) for x in rest[11:15]) / _TICK  # utime stime cutime cstime
+            cpu = sum(int(x) for x in rest[11 : 15 if reaped else 13]) / _TICK  # utime stime [cutime cstime]
         except (IndexError, ValueError):
             continue
         out[int(d.name)] = (ppid, cpu)
+    return out
+
+
+def _tree(root: int, procs: dict[int, tuple[int, float]]) -> list[int]:
+    """``root`` and its live descendants among ``procs``."""
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _) in procs.items():
+        children.setdefault(ppid, []).append(pid)
+    out, stack = [], [root]
+    while stack:
+        pid = stack.pop()
+        if pid in procs:
+            out.append(pid)
+        stack += children.get(pid, [])
     return out
 
 
@@ -50,18 +64,27 @@ def tree_cpu_s(root: int | None = None) -> float | None:
     """CPU seconds of ``root`` (default: this process) and all its live descendants."""
     if not Path("/proc/stat").exists():
         return None
-    root = os.getpid() if root is None else root
     procs = _procs()
-    children: dict[int, list[int]] = {}
-    for pid, (ppid, _) in procs.items():
-        children.setdefault(ppid, []).append(pid)
-    total, stack = 0.0, [root]
-    while stack:
-        pid = stack.pop()
-        if pid in procs:
-            total += procs[pid][1]
-        stack += children.get(pid, [])
-    return total
+    return sum(procs[pid][1] for pid in _tree(os.getpid() if root is None else root, procs))
+
+
+def tree_processes(root: int | None = None) -> dict[int, tuple[str, float]]:
+    """pid -> (command line, its own CPU seconds) of ``root`` (default: this process) and its live
+    descendants; differences between two calls are each process's work in between."""
+    procs = _procs(reaped=False)
+    out = {}
+    for pid in _tree(os.getpid() if root is None else root, procs):
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            cmd = ""
+        out[pid] = (cmd.strip(), procs[pid][1])
+    return out
+
+
+def machine_busy_s() -> float | None:
+    """CPU seconds the whole machine has been busy (all cores, since boot)."""
+    return _machine_busy_s()
 
 
 class CpuWindow:

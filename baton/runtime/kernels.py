@@ -96,7 +96,7 @@ def _cpu_tag() -> str:
 STALE_LOCK_S = 900.0
 CFLAGS = ("-O3", "-march=native", "-fopenmp")  # also what bench.gemm_ab builds with
 LDFLAGS = ("-fopenmp",)
-_NAME = f"baton_kernels_v28_{_cpu_tag()}"  # -march=native: one build per CPU kind
+_NAME = f"baton_kernels_v29_{_cpu_tag()}"  # -march=native: one build per CPU kind
 
 
 def clear_stale_lock(name: str = _NAME, max_age_s: float = STALE_LOCK_S) -> bool:
