@@ -302,6 +302,7 @@ class GenerationService(pb_grpc.GenerationServicer):
         return pb.ServerInfo(
             workers=workers,
             queue_depth=s["queue_depth"],
+            queue_order=s["queue_order"],
             in_prefill=s["in_prefill"],
             pending_decode=s["pending_decode"],
             serving=self.serving and s["serving"],

@@ -145,6 +145,11 @@ class Cluster:
             return r
 
         self.router = self.call(make())
+        if cfg.queue_order != "fcfs":
+            log(
+                f"queue order {cfg.queue_order}: the waiting request with the most max_tokens goes next "
+                f"(one waiting {cfg.queue_max_wait_s:g} s goes first)"
+            )
         for share in self.router.shares:
             log(
                 f"{share.prefill_id} and {share.decode_id} share their node's cores while one is idle "

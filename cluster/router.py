@@ -340,6 +340,7 @@ class Router:
     def server_info(self) -> dict:
         return {
             "queue_depth": len(self.waiting),
+            "queue_order": self.cfg.queue_order,
             "in_prefill": self.in_prefill,
             "pending_decode": len(self.pending),
             "serving": self.serving,

@@ -217,15 +217,17 @@ class WorkerInfo(_message.Message):
     def __init__(self, worker_id: _Optional[str] = ..., role: _Optional[str] = ..., live_rows: _Optional[int] = ..., max_rows: _Optional[int] = ..., waiting: _Optional[int] = ..., kv_bytes: _Optional[int] = ..., kv_window: _Optional[int] = ..., kv_capacity: _Optional[int] = ..., outstanding_prompt_tokens: _Optional[int] = ..., steps: _Optional[int] = ..., runtime: _Optional[str] = ..., dtype: _Optional[str] = ..., threads: _Optional[int] = ..., startup_s: _Optional[float] = ..., state: _Optional[str] = ...) -> None: ...
 
 class ServerInfo(_message.Message):
-    __slots__ = ("workers", "queue_depth", "in_prefill", "pending_decode", "serving")
+    __slots__ = ("workers", "queue_depth", "in_prefill", "pending_decode", "serving", "queue_order")
     WORKERS_FIELD_NUMBER: _ClassVar[int]
     QUEUE_DEPTH_FIELD_NUMBER: _ClassVar[int]
     IN_PREFILL_FIELD_NUMBER: _ClassVar[int]
     PENDING_DECODE_FIELD_NUMBER: _ClassVar[int]
     SERVING_FIELD_NUMBER: _ClassVar[int]
+    QUEUE_ORDER_FIELD_NUMBER: _ClassVar[int]
     workers: _containers.RepeatedCompositeFieldContainer[WorkerInfo]
     queue_depth: int
     in_prefill: int
     pending_decode: int
     serving: bool
-    def __init__(self, workers: _Optional[_Iterable[_Union[WorkerInfo, _Mapping]]] = ..., queue_depth: _Optional[int] = ..., in_prefill: _Optional[int] = ..., pending_decode: _Optional[int] = ..., serving: _Optional[bool] = ...) -> None: ...
+    queue_order: str
+    def __init__(self, workers: _Optional[_Iterable[_Union[WorkerInfo, _Mapping]]] = ..., queue_depth: _Optional[int] = ..., in_prefill: _Optional[int] = ..., pending_decode: _Optional[int] = ..., serving: _Optional[bool] = ..., queue_order: _Optional[str] = ...) -> None: ...

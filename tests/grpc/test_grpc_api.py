@@ -312,7 +312,9 @@ def test_model_and_server_info_report_runtime_and_dtype(served):
     with BatonClient(served["target"]) as c:
         info = c.model_info()
         assert info.runtime in ("fast", "hf") and info.device == "cpu" and info.compile_s >= 0
-        workers = c.server_info().workers
+        server = c.server_info()
+        assert server.queue_order == "fcfs"  # the default order, reported as --queue-order names it
+        workers = server.workers
         assert {w.role for w in workers} == {"prefill", "decode"}
         for w in workers:
             assert w.runtime == info.runtime and w.dtype == "float32" and w.threads >= 1 and w.startup_s > 0
