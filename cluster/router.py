@@ -392,9 +392,9 @@ class Router:
     def _order_queue(self) -> None:
         """Put the waiting queue in ``queue_order`` (fcfs: nothing to do): after arrivals, and once
         a second for the waiting time."""
-        now = time.time()
         if self.cfg.queue_order == "fcfs" or len(self.waiting) < 2:
             return
+        now = time.time()
         if self.waiting[-1] is self._last_ordered and now - self._ordered_at < 1.0:
             return  # nothing joined since the last ordering (retries join at the front, and go first)
         states = list(self.waiting)

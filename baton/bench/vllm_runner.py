@@ -5,9 +5,11 @@ Standalone on purpose: it imports only vLLM and the standard library (the vLLM v
     VLLM_CPU_OMP_THREADS_BIND=0-1 VLLM_CPU_NUM_OF_RESERVED_CPU=0 OMP_NUM_THREADS=2 VLLM_CPU_KVCACHE_SPACE=1 \
         /work/vllm-venv/bin/python baton/bench/vllm_runner.py IN.json OUT.json
 
-IN.json: ``{"model", "max_batch_size", "max_seq_len", "order", "runs": [{"name", "prompts": [[ids]], "max_tokens":
-[n], "arrivals": [s]}]}``; ``order`` ``"lof"`` (longest output first) runs vLLM's priority scheduler with each
-request's priority ``-max_tokens`` (lower goes first, then arrival), ``"fcfs"`` (default) its FCFS one. The engine (``AsyncLLM``) starts once; the first run is a warm-up. Each request
+IN.json: ``{"model", "max_batch_size", "max_seq_len", "order", "ngram", "runs": [{"name", "prompts": [[ids]],
+"max_tokens": [n], "arrivals": [s]}]}``. ``order``: ``"fcfs"`` (default) runs vLLM's FCFS scheduler,
+``"lof"`` (longest output first) its priority scheduler with each request's priority ``-max_tokens``
+(lower goes first, then arrival); ``ngram`` K > 0 turns on its prompt-lookup speculative decoding
+with K draft tokens. The engine (``AsyncLLM``) starts once; the first run is a warm-up. Each request
 is submitted at its arrival offset and streamed, so TTFT is the time its first token reached this
 process. OUT.json: ``{"engine_start_s", "runs": [{"name", "requests": [{"ttft_ms", "total_ms",
 "n_out"}], "wall_s"}]}`` (times from each request's planned arrival).
