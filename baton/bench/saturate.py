@@ -94,11 +94,9 @@ def system_config(name: str, base: BenchConfig) -> tuple[str, BenchConfig]:
         base = replace(base, queue_order="lof")
         modes = [m for m in modes if m != "lof"]
     kind, _, arg = head.partition(":")
-    if kind == "vllm":
-        for m in [m for m in modes if m.startswith("ngram=") and m[6:].isdigit()]:
-            base = replace(base, ngram=int(m[6:]))  # vLLM's prompt-lookup speculative decoding, K drafts
-            modes.remove(m)
-    if kind == "vllm" and not modes:
+    if kind == "vllm" and all(m.startswith("ngram=") and m[6:].isdigit() for m in modes):
+        for m in modes:  # vLLM's prompt-lookup speculative decoding, K draft tokens
+            base = replace(base, ngram=int(m[6:]))
         dtype = arg or "float32"
         tag = (
             dtype

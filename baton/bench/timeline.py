@@ -4,7 +4,7 @@ For each system (names as ``baton.bench.saturate``'s: ``baton:1+1``, ``baton:1+1
 starts it, runs an untimed warm-up burst, then one timed burst while a sampler reads, every
 ``--interval`` seconds, the CPU time of every process of this one's tree (``/proc``: the decode and
 prefill actors by their Ray process titles, this driver, Ray's own daemons) and of the machine, and
-the decode workers' counters (rows, steps, row-steps, step and forward time, threads).
+the decode workers' counters (rows, steps, row-steps, step time).
 
     python -m baton.bench.timeline --systems baton:1+1,baton:1+1/lof [--requests 64]
 
@@ -101,17 +101,14 @@ class Sampler:
 
 
 def decode_probe(cluster: Any) -> Any:
-    """The decode workers' counters, summed: rows, steps, row_steps, step_ms, forward_ms; threads
-    of the first."""
+    """The decode workers' counters, summed: rows, steps, row_steps, step_ms."""
 
     def probe() -> dict[str, float]:
-        loads = cluster.decode_stats()
-        out = {"rows": 0.0, "steps": 0.0, "row_steps": 0.0, "step_ms": 0.0, "forward_ms": 0.0}
-        for ld in loads:
+        out = {"rows": 0.0, "steps": 0.0, "row_steps": 0.0, "step_ms": 0.0}
+        for ld in cluster.decode_stats():
             out["rows"] += ld["rows"]
-            for k in ("steps", "row_steps", "step_ms", "forward_ms"):
+            for k in ("steps", "row_steps", "step_ms"):
                 out[k] += ld["stats"][k]
-        out["threads"] = loads[0]["threads"] if loads else 0
         return out
 
     return probe
